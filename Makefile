@@ -1,0 +1,48 @@
+# phoned: `make test` and `make demo` work on a fresh Debian 12 machine as root.
+# Each installs what it needs (apt packages once, a venv in .venv), then runs.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := .make
+APT_PACKAGES := kamailio kamailio-presence-modules sip-tester tcpdump nftables iproute2 \
+                python3-venv python3-dev gcc procps
+
+.PHONY: test demo deps lint unit integration bench clean
+
+test: deps
+	$(BIN)/pre-commit run --all-files --show-diff-on-failure
+	$(BIN)/pytest -q -p no:cacheprovider
+
+demo: deps
+	$(BIN)/phoned demo
+
+deps: $(STAMP)/apt $(STAMP)/venv
+
+lint: deps
+	$(BIN)/pre-commit run --all-files --show-diff-on-failure
+
+unit: $(STAMP)/venv
+	$(BIN)/pytest -q tests/unit tests/contract
+
+integration: deps
+	$(BIN)/pytest -q tests/integration
+
+bench: deps
+	$(BIN)/python scripts/bench-failover
+
+$(STAMP)/apt: Makefile
+	@mkdir -p $(STAMP)
+	@if [ "$$(id -u)" != 0 ]; then echo "make: run as root (apt-get, network namespaces)"; exit 1; fi
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES)
+	@touch $@
+
+$(STAMP)/venv: setup.cfg pyproject.toml Makefile
+	@mkdir -p $(STAMP)
+	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+clean:
+	rm -rf $(STAMP) $(VENV) build *.egg-info firmware/*.egg-info
