@@ -1,0 +1,120 @@
+"""A tcpdump capture in a lab namespace, judged later from kernel timestamps (SPEC §9).
+
+Owns: one tcpdump process (own process group, optionally in a namespace) writing a pcap
+file packet by packet (`-U`), started only once tcpdump says it is listening, and stopped
+with SIGINT so it flushes. Reading the file is `pcap.py`'s job.
+Must not touch: other tcpdump processes; the capture never changes any interface.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from phoned.errors import LabError
+from phoned.lab.netns import poll_until, spawn, stop_process
+from phoned.lab.pcap import Packet, read_packets
+
+DEFAULT_BPF = "udp port 5060 or icmp"
+
+
+class Capture:
+    """tcpdump on `iface` in `netns`, writing packets matching `bpf` to `path`."""
+
+    def __init__(
+        self, netns: str | None, path: Path, *, iface: str = "any", bpf: str = DEFAULT_BPF
+    ) -> None:
+        """Args:
+        netns: namespace to capture in; None for the current one.
+        path: pcap file to write (its directory must exist); `<path>.log` gets stderr.
+        iface: interface, "any" for all of the namespace's.
+        bpf: capture filter.
+        """
+        self.netns, self.iface, self.bpf = netns, iface, bpf
+        self.path = Path(path)
+        self.log_path = self.path.with_name(self.path.name + ".log")
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether tcpdump was started and has not exited."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout_s: float = 5.0) -> None:
+        """Start tcpdump and wait until it reports "listening on".
+
+        Raises:
+            LabError: already running, tcpdump exited, or it did not listen in time.
+        """
+        if self.running:
+            raise LabError(f"capture {self.path.name}: already running")
+        self._log = self.log_path.open("wb")
+        # -Z root: Debian's tcpdump otherwise drops to user tcpdump and cannot write here.
+        argv = ["tcpdump", "-n", "-U", "--immediate-mode", "-Z", "root"]
+        argv += ["-i", self.iface, "-w", str(self.path), self.bpf]
+        self._proc = spawn(argv, netns=self.netns, log=self._log)
+        try:
+            poll_until(self._listening, timeout_s=timeout_s, interval_s=0.005)
+        except (TimeoutError, LabError) as exc:
+            self.stop()
+            raise LabError(f"capture {self.path.name}: not listening: {self._log_text()}") from exc
+
+    def _listening(self) -> bool:
+        if not self.running:
+            raise LabError("tcpdump exited")
+        return "listening on" in self._log_text()
+
+    def _log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout_s: float = 3.0) -> int | None:
+        """Stop tcpdump with SIGINT (it flushes the file) and wait; idempotent.
+
+        Returns:
+            tcpdump's exit status, or None when it was not started.
+        """
+        proc, self._proc = self._proc, None
+        status = stop_process(proc, timeout_s=timeout_s, signum=signal.SIGINT) if proc else None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return status
+
+    def packets(self) -> list[Packet]:
+        """The UDP packets captured so far (tcpdump writes each one at once, `-U`)."""
+        return read_packets(self.path) if self.path.exists() else []
+
+    def wait_packets(
+        self, predicate: Callable[[list[Packet]], bool], timeout_s: float = 2.0
+    ) -> list[Packet]:
+        """Poll the file until `predicate(packets)` holds; the packets then.
+
+        Raises:
+            LabError: the predicate did not hold within `timeout_s`.
+        """
+
+        def matched() -> list[Packet] | None:
+            packets = self.packets()
+            return packets if predicate(packets) else None
+
+        try:
+            return poll_until(matched, timeout_s=timeout_s, interval_s=0.002)
+        except TimeoutError as exc:
+            raise LabError(f"capture {self.path.name}: expected packets not seen") from exc
+
+    def __enter__(self) -> Capture:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
