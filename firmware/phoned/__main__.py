@@ -1,0 +1,112 @@
+"""The `phoned` command line (SPEC §4): run, check-config, status, demo.
+
+Owns: argument parsing, loading the settings, exit codes and turning every expected error
+into one clear message on stderr (never a traceback). Must not touch: the service's
+internals (the supervisor runs them) or the lab (the demo module drives it).
+
+Exit codes: 0 success; 1 bad settings or the service failed; 2 bad usage; 3 the service is
+not running (`status`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from phoned import __version__
+from phoned.errors import ControlError, PhonedError
+
+DEFAULT_CONFIG = "/etc/phoned/phoned.toml"
+DEFAULT_CONTROL_SOCKET = "/run/phoned/control.sock"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="phoned", description="SIP desk phone service")
+    parser.add_argument("--version", action="version", version=f"phoned {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run the service in the foreground")
+    run.add_argument("--config", default=DEFAULT_CONFIG, help="settings file (TOML)")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    check = sub.add_parser("check-config", help="validate a settings file")
+    check.add_argument("file")
+    status = sub.add_parser("status", help="show the running service's state")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--config", default=DEFAULT_CONFIG, help="settings file (TOML)")
+    demo = sub.add_parser("demo", help="run the local lab: fail over and back (SPEC §8)")
+    demo.add_argument("--interval", type=int, default=2, help="keep-alive interval in s")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `phoned` console script."""
+    args = _parser().parse_args(argv)
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "run": lambda a: _run(a.config, a.log_level),
+        "check-config": lambda a: _check_config(a.file),
+        "status": lambda a: _status(a.config, a.json),
+        "demo": lambda a: _demo(a.interval),
+    }
+    try:
+        return commands[args.command](args)
+    except ControlError as exc:
+        print(f"phoned: {exc}", file=sys.stderr)
+        return 3
+    except PhonedError as exc:  # ConfigError included: one clear message, no traceback
+        print(f"phoned: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _demo(interval_s: int) -> int:
+    from phoned.demo import run_demo  # noqa: PLC0415 - the lab is only for the demo
+
+    return run_demo(interval_s=interval_s)
+
+
+def _run(config_path: str, level: str) -> int:
+    from phoned.config import load_settings  # noqa: PLC0415 - keep `status` light
+    from phoned.logfmt import setup_logging  # noqa: PLC0415
+    from phoned.supervisor import Supervisor  # noqa: PLC0415 - imports pjsua2
+
+    settings = load_settings(config_path)
+    setup_logging(getattr(logging, level.upper()))
+    return Supervisor(settings).run()
+
+
+def _check_config(path: str) -> int:
+    from phoned.config import load_settings  # noqa: PLC0415
+
+    settings = load_settings(path)
+    backup = (
+        f"backup {settings.redundancy.backup_destination_address}"
+        if settings.backup_enabled
+        else "no backup"
+    )
+    print(f"{path}: ok (primary {settings.server.address}, {backup})")
+    return 0
+
+
+def _control_socket(config_path: str) -> str:
+    from phoned.config import load_settings  # noqa: PLC0415
+
+    if config_path == DEFAULT_CONFIG and not os.path.exists(config_path):
+        return DEFAULT_CONTROL_SOCKET  # no settings file here: try the default socket
+    return load_settings(config_path).service.control_socket
+
+
+def _status(config_path: str, as_json: bool) -> int:
+    from phoned.control import request  # noqa: PLC0415
+    from phoned.status import render_text  # noqa: PLC0415
+
+    snapshot = request(_control_socket(config_path), "status")
+    print(json.dumps(snapshot, indent=2) if as_json else render_text(snapshot))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

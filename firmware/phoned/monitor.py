@@ -1,0 +1,145 @@
+"""The keepalive monitor: the thread that runs the failover core on a monotonic clock.
+
+Owns: the loop `deadline = policy.next_deadline()`, wait on the prober's sockets until then,
+feed answers and deadlines to the core, send the probes it asks for at once, and hand every
+other action to the supervisor. Must not touch: pjsua2, the status board, or any decision
+(the core decides; this thread only carries events in and actions out).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from phoned.clock import Clock
+from phoned.events import Action, Event, SendProbe, Server
+from phoned.failover import FailoverPolicy
+
+log = logging.getLogger(__name__)
+
+#: Longest wait without a deadline, so that the heartbeat keeps beating (watchdog).
+_MAX_WAIT_S = 1.0
+
+
+class Prober(Protocol):
+    """What the monitor needs of a prober (see `probe.UdpProber`)."""
+
+    def sockets(self) -> Sequence[socket.socket]: ...
+    def send(self, server: Server, cycle: int, attempt: int) -> list[Event]: ...
+    def receive(self, sock: socket.socket) -> list[Event]: ...
+    def close(self) -> None: ...
+
+
+class KeepaliveMonitor:
+    """Drives a `FailoverPolicy` with a `Prober` on a thread of its own.
+
+    Args:
+        policy: the core; only this thread touches it once started.
+        prober: sends OPTIONS and turns replies into events.
+        clock: monotonic time, the same the core was created with.
+        on_action: receives every action but SendProbe (UseServer, CycleJudged, ...).
+        observe: sees every probe sent and every event fed, for logs (optional).
+    """
+
+    def __init__(
+        self,
+        policy: FailoverPolicy,
+        prober: Prober,
+        clock: Clock,
+        on_action: Callable[[Action], None],
+        observe: Callable[[Event | SendProbe, float], None] | None = None,
+    ) -> None:
+        self._policy = policy
+        self._prober = prober
+        self._clock = clock
+        self._on_action = on_action
+        self._observe = observe
+        self._inbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="keepalive", daemon=True)
+        self.heartbeat = time.monotonic()
+
+    # -- called from other threads -------------------------------------------------
+    def start(self) -> None:
+        """Start the thread; the core's `start()` actions go out first."""
+        self._thread.start()
+
+    def post(self, event: Event) -> None:
+        """Hand an event to the core (thread-safe), e.g. RegistrationFailed."""
+        self._inbox.put(event)
+        self._wake()
+
+    def stop(self, timeout_s: float = 1.0) -> None:
+        """Stop the thread and close the prober's sockets."""
+        self._stop.set()
+        self._wake()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            log.error("keepalive: thread did not stop within %.1f s", timeout_s)
+        self._prober.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the thread runs."""
+        return self._thread.is_alive()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):  # already awake, or closing
+            self._wake_w.send(b"\0")
+
+    # -- the thread --------------------------------------------------------------------
+    def _run(self) -> None:
+        self._dispatch(self._policy.start(self._clock.now()))
+        while not self._stop.is_set():
+            self.heartbeat = time.monotonic()
+            deadline = self._policy.next_deadline()
+            now = self._clock.now()
+            if deadline is not None and now >= deadline:
+                self._dispatch(self._policy.on_deadline(now))
+                continue
+            wait_s = _MAX_WAIT_S if deadline is None else min(_MAX_WAIT_S, deadline - now)
+            self._wait(wait_s)
+
+    def _wait(self, wait_s: float) -> None:
+        sockets = list(self._prober.sockets())
+        readable, _, _ = select.select([*sockets, self._wake_r], [], [], max(0.0, wait_s))
+        for sock in readable:
+            if sock is self._wake_r:
+                self._drain_wake()
+            else:
+                self._feed(self._prober.receive(sock))
+        while not self._inbox.empty():
+            self._feed([self._inbox.get_nowait()])
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            while self._wake_r.recv(64):
+                pass
+
+    def _feed(self, events: list[Event]) -> None:
+        for event in events:
+            now = self._clock.now()
+            if self._observe is not None:
+                self._observe(event, now)
+            self._dispatch(self._policy.handle(event, now))
+
+    def _dispatch(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, SendProbe):
+                self._feed(self._prober.send(action.server, action.cycle, action.attempt))
+                if self._observe is not None:
+                    self._observe(action, self._clock.now())
+            else:
+                self._on_action(action)

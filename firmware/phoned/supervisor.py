@@ -1,0 +1,334 @@
+"""The supervisor: wires settings, core, prober, SIP stack and control socket; owns threads.
+
+Owns: the main thread, which is also the pjsua2 thread (STACK-NOTES: one owner thread,
+`libHandleEvents` polled here); the queue through which other threads hand it actions; the
+status board's writes; signals; the order of start-up and shut-down. Must not touch:
+decisions (the core's), sockets of the prober, or pjsua2 from any other thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from phoned import sdnotify
+from phoned.clock import MonotonicClock
+from phoned.config import Settings
+from phoned.control import ControlServer
+from phoned.errors import PhonedError
+from phoned.events import (
+    Action,
+    CycleJudged,
+    Event,
+    ProbeAnswered,
+    ProbeFailed,
+    RegistrationFailed,
+    SendProbe,
+    Server,
+    ServiceChanged,
+    UseServer,
+)
+from phoned.failover import FailoverPolicy, PolicySettings
+from phoned.logfmt import log_event
+from phoned.monitor import KeepaliveMonitor
+from phoned.probe import ProbeTarget, UdpProber
+from phoned.sip import PjsuaStack, RegistrationChanged, RegState, SipIdentity, SipTarget
+from phoned.status import StatusBoard
+
+log = logging.getLogger("phoned")
+
+#: pjsua2 event-loop slice: bounds how late a UseServer from the monitor is acted on.
+_POLL_MS = 10
+#: Registration failures that mean "this server cannot serve" (SPEC §1, keep-alive off).
+_REGISTRATION_DEAD_CODES = frozenset({408, 503})
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where one server is reached: its probe target and its SIP target."""
+
+    probe: ProbeTarget
+    sip: SipTarget
+
+
+def policy_settings(settings: Settings) -> PolicySettings:
+    """The core's view of the `[redundancy]` settings."""
+    red = settings.redundancy
+    return PolicySettings(
+        interval_s=float(red.sip_keep_alive_interval),
+        keepalive=red.sip_keep_alive_mode,
+        backup_enabled=settings.backup_enabled,
+        failback_cycles=red.failback_cycles,
+    )
+
+
+def resolve(host: str) -> str:
+    """An IP literal for `host` (names are resolved once at start in this version)."""
+    try:
+        return str(socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][4][0])
+    except (socket.gaierror, IndexError) as exc:
+        raise PhonedError(f"cannot resolve server address {host!r}: {exc}") from exc
+
+
+def endpoints(settings: Settings) -> dict[Server, Endpoint]:
+    """Probe and SIP targets of the primary and, when enabled, the backup (SPEC §3)."""
+    red, transport = settings.redundancy, settings.server.transport
+    found = {
+        Server.PRIMARY: _endpoint(
+            settings.server.address,
+            settings.server.port,
+            transport,
+            red.outbound_proxy,
+            red.outbound_proxy_port,
+        )
+    }
+    if settings.backup_enabled:
+        found[Server.BACKUP] = _endpoint(
+            red.backup_destination_address,
+            red.backup_destination_port,
+            transport,
+            red.backup_outbound_proxy,
+            red.backup_outbound_proxy_port,
+        )
+    return found
+
+
+def _endpoint(host: str, port: int, transport: str, proxy: str, proxy_port: int) -> Endpoint:
+    address = resolve(host)
+    return Endpoint(
+        ProbeTarget(address, port or 5060),
+        SipTarget(host, port or 5060, transport, (proxy, proxy_port) if proxy else None),
+    )
+
+
+class Supervisor:
+    """Runs the phone until SIGTERM; `run()` returns the process exit code."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._endpoints = endpoints(settings)
+        self._clock = MonotonicClock()
+        self._actions: queue.SimpleQueue[Action] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._ready = False
+        self.board = StatusBoard(
+            settings.account.username,
+            {role: (e.probe.host, e.probe.port) for role, e in self._endpoints.items()},
+            keepalive=settings.redundancy.sip_keep_alive_mode,
+            interval_s=float(settings.redundancy.sip_keep_alive_interval),
+        )
+        self._sip = PjsuaStack(
+            _identity(settings),
+            local_port=settings.sip.local_port,
+            user_agent=settings.sip.user_agent,
+            register_expires=settings.sip.register_expires,
+            on_event=self._on_registration,
+        )
+        policy = policy_settings(settings)
+        # SPEC §1: start_0 at random within the first interval, so phones do not align.
+        first_cycle_delay_s = random.uniform(0.0, policy.interval_s)  # noqa: S311 - not secret
+        self._monitor = KeepaliveMonitor(
+            FailoverPolicy(policy, self._clock.now(), first_cycle_delay_s),
+            UdpProber(
+                {role: e.probe for role, e in self._endpoints.items()},
+                from_user=settings.account.username,
+                domain=settings.account.domain or settings.server.address,
+                user_agent=settings.sip.user_agent,
+                clock=self._clock,
+            ),
+            self._clock,
+            on_action=self._actions.put,
+            observe=self._observe,
+        )
+        self._control = ControlServer(settings.service.control_socket, self._on_control)
+
+    # -- life cycle ------------------------------------------------------------------
+    def run(self) -> int:
+        """Start everything, serve until SIGTERM/SIGINT, then stop cleanly."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        self._sip.start()
+        self._control.start()
+        self._monitor.start()
+        log_event(log, "started", f"phoned: started as {self._settings.account.username}")
+        code = 0
+        while not self._stop.is_set():
+            self._sip.poll(_POLL_MS)
+            self._drain_actions()
+            if not (self._monitor.alive and self._control.alive):
+                log.error("phoned: a worker thread died; exiting so that it is restarted")
+                code = 1
+                break
+            sdnotify.watchdog()
+        self._shutdown()
+        return code
+
+    def stop(self) -> None:
+        """Ask `run()` to return (thread-safe)."""
+        self._stop.set()
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("phoned: %s received, stopping", signal.Signals(signum).name)
+        self._stop.set()
+
+    def _shutdown(self) -> None:
+        started = time.monotonic()
+        sdnotify.notify("STOPPING=1")
+        self._monitor.stop()
+        self._sip.shutdown(timeout_s=1.0)
+        self._control.stop()
+        log_event(log, "stopped", "phoned: stopped", took_ms=(time.monotonic() - started) * 1000)
+
+    # -- actions from the core (on this thread) ------------------------------------
+    def _drain_actions(self) -> None:
+        while True:
+            try:
+                action = self._actions.get_nowait()
+            except queue.Empty:
+                return
+            self._execute(action)
+
+    def _execute(self, action: Action) -> None:
+        if isinstance(action, UseServer):
+            self._use_server(action)
+        elif isinstance(action, CycleJudged):
+            self._cycle_judged(action)
+        elif isinstance(action, ServiceChanged):
+            self.board.set_service(action.service)
+            log_event(
+                log,
+                "service",
+                f"service: {action.reason} -> {action.service.value}",
+                level=logging.WARNING if action.service.value == "no_service" else logging.INFO,
+                service=action.service.value,
+            )
+            self._publish_status()
+
+    def _use_server(self, action: UseServer) -> None:
+        previous = self.board.active
+        verb = (
+            "start"
+            if action.reason == "start"
+            else ("failover" if action.server is Server.BACKUP else "failback")
+        )
+        target = self._endpoints[action.server]
+        log_event(
+            log,
+            "use_server",
+            f"{verb}: {action.reason} -> {action.server.value} "
+            f"{target.probe.host}:{target.probe.port}",
+            server=action.server.value,
+            previous=previous.value,
+        )
+        self.board.set_active(action.server, action.reason)
+        self._sip.use_server(action.server, target.sip)
+        self._publish_status()
+
+    def _cycle_judged(self, action: CycleJudged) -> None:
+        self.board.set_cycle(action.cycle, action.verdicts)
+        for verdict in action.verdicts:
+            target = self._endpoints[verdict.server].probe
+            log_event(
+                log,
+                "cycle",
+                f"cycle {action.cycle}: {verdict.server.value} {target.host} "
+                f"{'up' if verdict.up else 'DOWN'}, {verdict.reason}",
+                cycle=action.cycle,
+                server=verdict.server.value,
+                up=verdict.up,
+                attempts=verdict.attempts,
+                rtt_ms=verdict.rtt_ms,
+                status=verdict.status_code,
+            )
+        self._mark_ready()
+
+    # -- events from pjsua2 (on this thread) ------------------------------------------
+    def _on_registration(self, event: RegistrationChanged) -> None:
+        detail = f"{event.code} {event.reason}" if event.code else event.reason
+        self.board.set_registration(event.server, event.state.value, detail)
+        target = self._endpoints[event.server].probe
+        log_event(
+            log,
+            "registration",
+            f"registration: {event.server.value} {target.host} {event.state.value}"
+            + (f" ({detail})" if detail else ""),
+            level=logging.WARNING if event.state is RegState.FAILED else logging.INFO,
+            server=event.server.value,
+            state=event.state.value,
+            code=event.code,
+        )
+        if event.state is RegState.REGISTERED:
+            self._mark_ready()
+        dead = event.state is RegState.FAILED and event.code in _REGISTRATION_DEAD_CODES
+        if dead and event.server is self.board.active:
+            self._monitor.post(RegistrationFailed(event.server, detail))
+        self._publish_status()
+
+    def _mark_ready(self) -> None:
+        if not self._ready:
+            self._ready = True
+            sdnotify.notify("READY=1")
+
+    def _publish_status(self) -> None:
+        snap = self.board.snapshot()
+        sdnotify.notify(f"STATUS={snap['display']['top_line']} ({snap['service']})")
+
+    # -- probes and answers (on the monitor thread: log only) ------------------------
+    def _observe(self, item: Event | SendProbe, _now: float) -> None:
+        if isinstance(item, SendProbe):
+            target = self._endpoints[item.server].probe
+            log_event(
+                log,
+                "probe_sent",
+                f"probe: OPTIONS #{item.attempt} to {item.server.value} {target.host}",
+                level=logging.INFO if item.attempt > 1 else logging.DEBUG,
+                server=item.server.value,
+                cycle=item.cycle,
+                attempt=item.attempt,
+            )
+        elif isinstance(item, ProbeAnswered):
+            log_event(
+                log,
+                "probe_answer",
+                f"probe: {item.server.value} answered {item.status_code} in {item.rtt_ms:.1f} ms",
+                level=logging.DEBUG if item.status_code < 300 else logging.INFO,
+                server=item.server.value,
+                cycle=item.cycle,
+                attempt=item.attempt,
+                status=item.status_code,
+                rtt_ms=item.rtt_ms,
+            )
+        elif isinstance(item, ProbeFailed):
+            log_event(
+                log,
+                "probe_failed",
+                f"probe: {item.server.value} attempt {item.attempt}: {item.reason}",
+                server=item.server.value,
+                cycle=item.cycle,
+                attempt=item.attempt,
+            )
+
+    # -- control socket (on the control thread: read only) ---------------------------
+    def _on_control(self, request: dict[str, Any]) -> dict[str, Any]:
+        if request["cmd"] == "status":
+            return self.board.snapshot()
+        raise ValueError(f"unknown command: {request['cmd']}")
+
+
+def _identity(settings: Settings) -> SipIdentity:
+    account = settings.account
+    return SipIdentity(
+        username=account.username,
+        password=account.password,
+        auth_username=account.auth_username or account.username,
+        display_name=account.display_name,
+        domain=account.domain or None,
+    )

@@ -1,0 +1,150 @@
+"""The phone under test: `phoned run` started in the lab's phone namespace.
+
+Tests judge it the way the acceptance lab does: from the packets it puts on the wire
+(captured in its namespace), from `phoned status` over its control socket, and from its
+structured log lines. Nothing here reaches into the service's internals.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from phoned import control
+from phoned.lab.netns import PBX1_IP, PBX2_IP, PHONE_IP, Lab, poll_until
+from phoned.lab.pcap import Packet, sip_summary
+from phoned.logfmt import parse
+
+BASE_CONFIG = """\
+[account]
+username = "1001"
+password = "lab-secret"
+
+[server]
+address = "{primary}"
+
+[redundancy]
+backup_destination = {backup_enabled}
+backup_destination_address = "{backup}"
+sip_keep_alive_interval = {interval}
+failback_cycles = {failback_cycles}
+
+[service]
+control_socket = "{workdir}/control.sock"
+state_dir = "{workdir}"
+"""
+
+
+def write_config(workdir: Path, **overrides: Any) -> Path:
+    """A settings file for the lab's addresses; keyword arguments override the defaults."""
+    values: dict[str, Any] = {
+        "primary": PBX1_IP,
+        "backup": PBX2_IP,
+        "backup_enabled": "true",
+        "interval": 2,
+        "failback_cycles": 1,
+        "workdir": workdir,
+    }
+    values.update(overrides)
+    path = workdir / "phoned.toml"
+    path.write_text(BASE_CONFIG.format(**values))
+    return path
+
+
+class RunningPhone:
+    """One `phoned run` process in the phone namespace, its log in a file."""
+
+    def __init__(self, lab: Lab, workdir: Path, config: Path) -> None:
+        self.workdir = workdir
+        self.log_path = workdir / "phoned.log"
+        self._log = self.log_path.open("wb")
+        argv = [sys.executable, "-m", "phoned", "run", "--config", str(config)]
+        self.proc = lab.popen(lab.phone, [*argv, "--log-level", "debug"], stderr=self._log)
+        self.control_socket = str(workdir / "control.sock")
+
+    def lines(self) -> list[str]:
+        """Every log line so far."""
+        return self.log_path.read_text(errors="replace").splitlines()
+
+    def events(self, name: str, **fields: str) -> list[dict[str, str]]:
+        """Structured log records with `event=name` and the given field values."""
+        records = [parse(line) for line in self.lines()]
+        return [
+            r
+            for r in records
+            if r.get("event") == name and all(r.get(k) == v for k, v in fields.items())
+        ]
+
+    def wait_event(self, name: str, timeout_s: float, **fields: str) -> dict[str, str]:
+        """Wait until a log record `event=name` with these fields appears; return it."""
+
+        def found() -> dict[str, str] | None:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"phoned exited {self.proc.returncode}:\n{self.tail()}")
+            matches = self.events(name, **fields)
+            return matches[0] if matches else None
+
+        try:
+            return poll_until(found, timeout_s=timeout_s, interval_s=0.02)
+        except TimeoutError:
+            message = f"no event={name} {fields} in {timeout_s} s:\n{self.tail()}"
+            raise AssertionError(message) from None
+
+    def status(self) -> dict[str, Any]:
+        """`phoned status --json`, through the control socket."""
+        return control.request(self.control_socket, "status")
+
+    def wait_status(self, check: Callable[[dict[str, Any]], bool], timeout_s: float) -> None:
+        """Wait until the status satisfies `check`."""
+
+        def ready() -> bool:
+            try:
+                return check(self.status())
+            except control.ControlError:
+                return False
+
+        try:
+            poll_until(ready, timeout_s=timeout_s, interval_s=0.05)
+        except TimeoutError:
+            message = f"status never matched; last: {self._last_status()}"
+            raise AssertionError(message) from None
+
+    def _last_status(self) -> object:
+        try:
+            return self.status()
+        except control.ControlError as exc:
+            return exc
+
+    def stop(self, timeout_s: float = 5.0) -> tuple[int, float]:
+        """SIGTERM; the exit code and how long the exit took."""
+        started = time.monotonic()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self._log.close()
+        return code, time.monotonic() - started
+
+    def tail(self, count: int = 40) -> str:
+        """The last log lines, for failure messages."""
+        return "\n".join(self.lines()[-count:])
+
+
+def sip_from_phone(packets: list[Packet], dst: str, method: str) -> list[Packet]:
+    """Requests `method` sent by the phone to `dst:5060`, in capture order."""
+    found = []
+    for packet in packets:
+        if packet.src != PHONE_IP or packet.dst != dst or packet.dport != 5060:
+            continue
+        summary = sip_summary(packet.payload)
+        if summary is not None and summary.method == method:
+            found.append(packet)
+    return found
