@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from phone_process import RunningPhone, sip_from_phone, write_config
 from phoned.lab.capture import Capture
 from phoned.lab.faults import Faults
 from phoned.lab.kamailio import KamailioPbx
 from phoned.lab.netns import PBX1_IP, PBX2_IP, PHONE_IP, Lab, poll_until
 from phoned.lab.pcap import Packet, sip_summary
+from phoned.lab.phone import RunningPhone, sip_from_phone, write_config
 
 OFFSET_TOLERANCE_S = 0.03
 SWITCH_TOLERANCE_S = 0.1

@@ -1,5 +1,8 @@
 """The phone under test: `phoned run` started in the lab's phone namespace.
 
+Owns: the phone process of tests and benchmarks, its settings file and log. Must not
+touch: the service's internals.
+
 Tests judge it the way the acceptance lab does: from the packets it puts on the wire
 (captured in its namespace), from `phoned status` over its control socket, and from its
 structured log lines. Nothing here reaches into the service's internals.
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from phoned import control
+from phoned.errors import ControlError, LabError
 from phoned.lab.netns import PBX1_IP, PBX2_IP, PHONE_IP, Lab, poll_until
 from phoned.lab.pcap import Packet, sip_summary
 from phoned.logfmt import parse
@@ -40,9 +44,9 @@ state_dir = "{workdir}"
 """
 
 
-def write_config(workdir: Path, **overrides: Any) -> Path:
+def write_config(workdir: Path, **overrides: object) -> Path:
     """A settings file for the lab's addresses; keyword arguments override the defaults."""
-    values: dict[str, Any] = {
+    values: dict[str, object] = {
         "primary": PBX1_IP,
         "backup": PBX2_IP,
         "backup_enabled": "true",
@@ -85,7 +89,7 @@ class RunningPhone:
 
         def found() -> dict[str, str] | None:
             if self.proc.poll() is not None:
-                raise AssertionError(f"phoned exited {self.proc.returncode}:\n{self.tail()}")
+                raise LabError(f"phoned exited {self.proc.returncode}:\n{self.tail()}")
             matches = self.events(name, **fields)
             return matches[0] if matches else None
 
@@ -93,7 +97,7 @@ class RunningPhone:
             return poll_until(found, timeout_s=timeout_s, interval_s=0.02)
         except TimeoutError:
             message = f"no event={name} {fields} in {timeout_s} s:\n{self.tail()}"
-            raise AssertionError(message) from None
+            raise LabError(message) from None
 
     def status(self) -> dict[str, Any]:
         """`phoned status --json`, through the control socket."""
@@ -105,19 +109,19 @@ class RunningPhone:
         def ready() -> bool:
             try:
                 return check(self.status())
-            except control.ControlError:
+            except ControlError:
                 return False
 
         try:
             poll_until(ready, timeout_s=timeout_s, interval_s=0.05)
         except TimeoutError:
             message = f"status never matched; last: {self._last_status()}"
-            raise AssertionError(message) from None
+            raise LabError(message) from None
 
     def _last_status(self) -> object:
         try:
             return self.status()
-        except control.ControlError as exc:
+        except ControlError as exc:
             return exc
 
     def stop(self, timeout_s: float = 5.0) -> tuple[int, float]:
