@@ -52,9 +52,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         return commands[args.command](args)
-    except ControlError as exc:
-        print(f"phoned: {exc}", file=sys.stderr)
-        return 3
     except PhonedError as exc:  # ConfigError included: one clear message, no traceback
         print(f"phoned: {exc}", file=sys.stderr)
         return 1
@@ -103,7 +100,11 @@ def _status(config_path: str, as_json: bool) -> int:
     from phoned.control import request  # noqa: PLC0415
     from phoned.status import render_text  # noqa: PLC0415
 
-    snapshot = request(_control_socket(config_path), "status")
+    try:
+        snapshot = request(_control_socket(config_path), "status")
+    except ControlError as exc:
+        print(f"phoned: {exc}", file=sys.stderr)
+        return 3
     print(json.dumps(snapshot, indent=2) if as_json else render_text(snapshot))
     return 0
 

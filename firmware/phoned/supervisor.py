@@ -155,7 +155,11 @@ class Supervisor:
         """Start everything, serve until SIGTERM/SIGINT, then stop cleanly."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
-        self._sip.start()
+        try:
+            self._sip.start()
+        except PhonedError:
+            self._control.stop()  # nothing else started yet
+            raise
         self._control.start()
         self._monitor.start()
         log_event(log, "started", f"phoned: started as {self._settings.account.username}")
