@@ -137,6 +137,9 @@ def account_config(
     reg.retryIntervalSec = retry.interval_s
     reg.randomRetryIntervalSec = retry.random_s
     reg.dropCallsOnFail = False  # SPEC §1: neither failover nor failback ends a call
+    # Our OPTIONS are the keep-alive (SPEC §1): pjsua's CRLF ping every 15 s would be
+    # traffic to the PBX that nobody asked for.
+    cfg.natConfig.udpKaIntervalSec = 0
     if target.proxy is not None:
         proxy_host, proxy_port = target.proxy
         cfg.sipConfig.proxies.append(sip_uri(proxy_host, proxy_port, target.transport) + ";lr")

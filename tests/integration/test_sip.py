@@ -373,6 +373,7 @@ def test_account_config_uses_proxy_credentials_and_spread_retries() -> None:
         PASSWORD,
     )
     assert PASSWORD not in repr(identity)
+    assert cfg.natConfig.udpKaIntervalSec == 0  # no CRLF pings: the OPTIONS are the keep-alive
 
 
 def test_unsupported_transport_is_refused_before_pjsua(make_phone: MakePhone) -> None:
