@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := .make
-APT_PACKAGES := kamailio kamailio-presence-modules sip-tester tcpdump nftables iproute2 \
+APT_PACKAGES := kamailio kamailio-presence-modules kamailio-tls-modules sip-tester tcpdump \
+                nftables iproute2 dnsmasq-base openssl \
                 python3-venv python3-dev gcc procps
 
 .PHONY: test demo deps lint unit integration bench clean
