@@ -68,9 +68,10 @@ def _demo(interval_s: int) -> int:
 def _run(config_path: str, level: str) -> int:
     from phoned.config import load_settings  # noqa: PLC0415 - keep `status` light
     from phoned.logfmt import setup_logging  # noqa: PLC0415
+
+    settings = load_settings(config_path)  # bad settings: a message, before pjsua2 loads
     from phoned.supervisor import Supervisor  # noqa: PLC0415 - imports pjsua2
 
-    settings = load_settings(config_path)
     setup_logging(getattr(logging, level.upper()))
     return Supervisor(settings).run()
 

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import select
 import socket
 import threading
 from collections.abc import Callable
@@ -35,6 +36,7 @@ class ControlServer:
         self._path = Path(path)
         self._handler = handler
         self._stop = threading.Event()
+        self._wake_r, self._wake_w = socket.socketpair()  # stop() wakes the idle thread
         self._sock = self._listen()
         self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
 
@@ -49,7 +51,6 @@ class ControlServer:
             sock.listen(8)
         except OSError as exc:
             raise ControlError(f"cannot open control socket {self._path}: {exc}") from exc
-        sock.settimeout(0.2)
         return sock
 
     def start(self) -> None:
@@ -64,18 +65,22 @@ class ControlServer:
     def stop(self, timeout_s: float = 1.0) -> None:
         """Stop answering, join the thread and remove the socket file."""
         self._stop.set()
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
         if self._thread.is_alive():
             self._thread.join(timeout_s)
-        self._sock.close()
+        for sock in (self._sock, self._wake_r, self._wake_w):
+            sock.close()
         with contextlib.suppress(FileNotFoundError):
             self._path.unlink()
 
     def _serve(self) -> None:
         while not self._stop.is_set():
+            readable, _, _ = select.select([self._sock, self._wake_r], [], [])
+            if self._sock not in readable:
+                continue
             try:
                 conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
             except OSError:
                 if self._stop.is_set():
                     return

@@ -67,6 +67,10 @@ class KeepaliveMonitor:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="keepalive", daemon=True)
         self.heartbeat = time.monotonic()
+        #: The core's next deadline and the last one fired (clock seconds), published so
+        #: that the supervisor can poll pjsua2 briskly only when actions may come.
+        self.next_deadline_at: float | None = None
+        self.last_deadline_at = float("-inf")
 
     # -- called from other threads -------------------------------------------------
     def start(self) -> None:
@@ -105,8 +109,10 @@ class KeepaliveMonitor:
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
             deadline = self._policy.next_deadline()
+            self.next_deadline_at = deadline
             now = self._clock.now()
             if deadline is not None and now >= deadline:
+                self.last_deadline_at = now
                 self._dispatch(self._policy.on_deadline(now))
                 continue
             wait_s = _MAX_WAIT_S if deadline is None else min(_MAX_WAIT_S, deadline - now)
