@@ -8,6 +8,23 @@ the phone namespace (on a throwaway thread that setns()-ed there) and connected 
 `host:port`; the test thread then uses it normally. Whole programs go through
 `run_in_phone(argv)` (`ip netns exec`). Every process, rule and namespace a fixture
 creates is removed in its teardown, by PID or by name, even when the test fails.
+
+Real-PBX fixtures (issue 3; the lab also has peer 192.0.2.30, dns 192.0.2.53, and the
+proxies 192.0.2.21 in pbx1 and 192.0.2.22 in pbx2):
+- `pbx_users`: the lab's SIP accounts, `PBX_USERS` ({"1001": "lab-1001-pw", ...}).
+- `make_pbx(role, **options)`: a started `KamailioPbx` on the role's address ("pbx1" ->
+  192.0.2.11 named "primary", "pbx2" -> 192.0.2.12 named "backup") in its namespace;
+  options go to `KamailioPbx` (users=, trusted=, presence=, routes=, record_route=, tcp=,
+  tls=, extensions=, port=, name=). Do not also request `primary`/`backup` for the role.
+- `make_proxy(role, next_hop=None)`: a started `KamailioProxy` on the role's proxy address
+  (pbx1 -> 192.0.2.21, pbx2 -> 192.0.2.22), relaying to that role's PBX on 5060 by default.
+- `lab_ca`: a session-wide `CertAuthority`; `lab_ca.issue(name, sans)` gives `TlsFiles`.
+- `dns`: a started `DnsServer` on 192.0.2.53 (the phone's resolver), empty at start.
+- `make_call_peer(hangup_after_ms=None, port=None)`: a started `SippCallPeer` (UAS) in
+  the peer namespace on 192.0.2.30 (ports 5060, 5062, ... unless given); route calls to
+  it with `make_pbx(..., routes={"2000": peer.uri}, trusted=[PEER_IP])`.
+- `make_caller(pbx_role, ext="1001", hangup_after_ms=1000)`: a started `SippCaller` (UAC)
+  in the peer namespace calling `sip:<ext>@<pbx>` through that PBX (one call, then exits).
 """
 
 from __future__ import annotations
@@ -16,17 +33,41 @@ import socket
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from phoned.lab.calls import SippCaller, SippCallPeer
 from phoned.lab.capture import Capture
+from phoned.lab.dns import DnsServer
 from phoned.lab.faults import Faults
 from phoned.lab.kamailio import KamailioPbx
-from phoned.lab.netns import PBX1_IP, PBX2_IP, Lab, cleanup_stale, netns_socket
+from phoned.lab.netns import (
+    DNS_IP,
+    PBX1_IP,
+    PBX2_IP,
+    PEER_IP,
+    PROXY1_IP,
+    PROXY2_IP,
+    Lab,
+    cleanup_stale,
+    netns_socket,
+)
+from phoned.lab.proxy import KamailioProxy
 from phoned.lab.sipp import SippResponder
+from phoned.lab.tls import CertAuthority
 
 PhoneUdp = Callable[[str, int], socket.socket]
 MakeSipp = Callable[..., SippResponder]
+MakePbx = Callable[..., KamailioPbx]
+MakeProxy = Callable[..., KamailioProxy]
+MakeCallPeer = Callable[..., SippCallPeer]
+MakeCaller = Callable[..., SippCaller]
+
+#: The lab PBXs' SIP accounts: username -> password (test credentials, not secrets).
+PBX_USERS = {"1001": "lab-1001-pw", "1002": "lab-1002-pw", "1003": "lab-1003-pw"}
+_PBX_ADDRESS = {"pbx1": (PBX1_IP, "primary"), "pbx2": (PBX2_IP, "backup")}
+_PROXY_ADDRESS = {"pbx1": PROXY1_IP, "pbx2": PROXY2_IP}
 
 
 @pytest.fixture(scope="session")
@@ -113,3 +154,104 @@ def run_in_phone(lab: Lab) -> Callable[[Sequence[str]], subprocess.CompletedProc
         return lab.run(lab.phone, argv)
 
     return run
+
+
+@pytest.fixture
+def pbx_users() -> dict[str, str]:
+    """The lab's SIP accounts (a fresh copy of `PBX_USERS`)."""
+    return dict(PBX_USERS)
+
+
+@pytest.fixture
+def make_pbx(lab: Lab, tmp_path: Path) -> Iterator[MakePbx]:
+    """Factory `make_pbx(role, **options)` of started KamailioPbx (see module docstring)."""
+    started: list[KamailioPbx] = []
+
+    def make(
+        role: str, *, name: str | None = None, port: int = 5060, **options: Any
+    ) -> KamailioPbx:
+        host, default_name = _PBX_ADDRESS[role]
+        pbx = KamailioPbx(
+            name or default_name, host, port, workdir=tmp_path, netns=lab.ns(role), **options
+        )
+        started.append(pbx)
+        pbx.start()
+        return pbx
+
+    yield make
+    for pbx in started:
+        pbx.stop()
+
+
+@pytest.fixture
+def make_proxy(lab: Lab, tmp_path: Path) -> Iterator[MakeProxy]:
+    """Factory `make_proxy(role, next_hop=None)` of started KamailioProxy (module docstring)."""
+    started: list[KamailioProxy] = []
+
+    def make(role: str, next_hop: tuple[str, int] | None = None) -> KamailioProxy:
+        hop = next_hop or (_PBX_ADDRESS[role][0], 5060)
+        proxy = KamailioProxy(
+            f"proxy-{role}", _PROXY_ADDRESS[role], next_hop=hop, workdir=tmp_path,
+            netns=lab.ns(role),
+        )  # fmt: skip
+        started.append(proxy)
+        proxy.start()
+        return proxy
+
+    yield make
+    for proxy in started:
+        proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def lab_ca(tmp_path_factory: pytest.TempPathFactory) -> CertAuthority:
+    """The session's lab CA (EC P-256); `lab_ca.cert` is the file clients trust."""
+    return CertAuthority.create(tmp_path_factory.mktemp("lab-ca"))
+
+
+@pytest.fixture
+def dns(lab: Lab, tmp_path: Path) -> Iterator[DnsServer]:
+    """dnsmasq on 192.0.2.53 in the dns namespace, the phone's resolver; no records yet."""
+    with DnsServer(lab.dns, DNS_IP, workdir=tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+def make_call_peer(lab: Lab, tmp_path: Path) -> Iterator[MakeCallPeer]:
+    """Factory `make_call_peer(hangup_after_ms=None, port=None)` of started SippCallPeers."""
+    started: list[SippCallPeer] = []
+
+    def make(hangup_after_ms: int | None = None, port: int | None = None) -> SippCallPeer:
+        chosen = port or 5060 + 2 * len(started)
+        peer = SippCallPeer(
+            f"call-peer-{len(started)}", PEER_IP, chosen, netns=lab.peer, workdir=tmp_path,
+            hangup_after_ms=hangup_after_ms,
+        )  # fmt: skip
+        started.append(peer)
+        peer.start()
+        return peer
+
+    yield make
+    for peer in started:
+        peer.stop()
+
+
+@pytest.fixture
+def make_caller(lab: Lab, tmp_path: Path) -> Iterator[MakeCaller]:
+    """Factory `make_caller(pbx_role, ext="1001", hangup_after_ms=1000)` of started callers."""
+    started: list[SippCaller] = []
+
+    def make(pbx_role: str, ext: str = "1001", hangup_after_ms: int | None = 1000) -> SippCaller:
+        pbx_ip = _PBX_ADDRESS[pbx_role][0]
+        caller = SippCaller(
+            f"caller-{len(started)}", PEER_IP, 5090 + 2 * len(started),
+            target=f"sip:{ext}@{pbx_ip}", via=(pbx_ip, 5060), netns=lab.peer,
+            workdir=tmp_path, hangup_after_ms=hangup_after_ms,
+        )  # fmt: skip
+        started.append(caller)
+        caller.start()
+        return caller
+
+    yield make
+    for caller in started:
+        caller.stop()

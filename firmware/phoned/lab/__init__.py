@@ -3,7 +3,10 @@
 Owns: test and demo tooling only. `phoned demo`, `scripts/bench-failover` and the
 integration tests use it; the service itself never imports it (it shells out to `ip`,
 `nft`, `kamailio`, `sipp` and `tcpdump`, which the service must never do).
-Modules: `netns` (namespaces, processes), `kamailio` (lab PBX), `faults` (blackhole,
-stop, freeze), `sipp` (late or failing responder), `capture` (tcpdump) and `pcap`
-(pure pcap reader and SIP summaries).
+Modules: `netns` (namespaces and their addresses), `procs` (processes by PID), `kamailio`
+and `kamailio_cfg` (lab PBX: registrar, digest auth, presence, call routes, TCP/TLS),
+`proxy` (outbound proxy), `faults` (blackhole, stop, freeze), `sipp` (late or failing
+responder), `calls` (sipp call peers), `tls` (a lab CA), `dns` (dnsmasq), `sipreq` (SIP a
+test sends by hand), `capture` (tcpdump), `pcap` (pure pcap reader and SIP summaries),
+`timing` (benchmark arithmetic) and `phone` (the phone under test).
 """

@@ -1,8 +1,10 @@
-"""Lab network namespaces and the processes that run inside them (SPEC §8).
+"""Lab network namespaces (SPEC §8).
 
 Owns: creating and deleting the lab's namespaces (`<prefix>-phone`, `<prefix>-pbx1`,
-`<prefix>-pbx2`, and `<prefix>-sw` holding the bridge that joins them), running commands in
-a namespace, opening sockets in a namespace, and starting/stopping lab processes by PID.
+`<prefix>-pbx2`, `<prefix>-peer` (call peers), `<prefix>-dns` (the phone's resolver) and
+`<prefix>-sw` holding the bridge that joins them), the proxies' secondary addresses, the
+phone's `/etc/netns/<phone-ns>/resolv.conf`, running commands in a namespace and opening
+sockets in one. Process helpers live in `phoned.lab.procs` and are re-exported here.
 Must not touch: namespaces, tables or processes it did not create (stale clean-up only
 removes namespaces whose creating PID is dead), and the service's own code paths: the
 service never shells out, only this test tooling does.
@@ -12,7 +14,9 @@ throwaway thread that has `setns(2)`-ed into the namespace (setns changes only t
 thread, and Python 3.11 has no `os.setns`, hence ctypes). A socket created there stays in
 that namespace for its whole life, whichever thread uses it later: `netns_socket()` is
 the usual entry point. Whole programs (Kamailio, sipp, tcpdump, the phone service) run
-under `ip netns exec`, which exec()s, so the PID we hold is the program's own.
+under `ip netns exec`, which exec()s, so the PID we hold is the program's own. Only those
+see the lab resolver: `ip netns exec` bind-mounts `/etc/netns/<ns>/resolv.conf`, a thread
+that merely setns()-ed keeps the host's /etc/resolv.conf.
 """
 
 from __future__ import annotations
@@ -22,17 +26,30 @@ import ctypes
 import fnmatch
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 from phoned.errors import LabError
+from phoned.lab.procs import (
+    ns_argv,
+    poll_until,
+    signal_group,
+    spawn,
+    stop_process,
+)
+
+__all__ = [
+    "DNS_IP", "PBX1_IP", "PBX2_IP", "PEER_IP", "PHONE_IP", "PROXY1_IP", "PROXY2_IP", "Lab",
+    "call_in_netns", "cleanup_stale", "delete_netns", "list_netns", "netns_socket",
+    "ns_argv", "poll_until", "port_in_use", "signal_group", "spawn", "stop_process",
+]  # fmt: skip
 
 T = TypeVar("T")
 
@@ -43,122 +60,17 @@ _CLONE_NEWNET = 0x40000000
 PHONE_IP = "192.0.2.2"
 PBX1_IP = "192.0.2.11"
 PBX2_IP = "192.0.2.12"
+#: Outbound proxies: secondary addresses of the pbx1 / pbx2 hosts.
+PROXY1_IP = "192.0.2.21"
+PROXY2_IP = "192.0.2.22"
+#: Call peers (sipp UAS/UAC), trusted by the PBXs.
+PEER_IP = "192.0.2.30"
+#: The phone's DNS server (dnsmasq).
+DNS_IP = "192.0.2.53"
 PREFIX_LEN = 24
-_ROLES = {"phone": PHONE_IP, "pbx1": PBX1_IP, "pbx2": PBX2_IP}
-
-
-# --------------------------------------------------------------------- processes
-
-
-def ns_argv(netns: str | None, argv: Sequence[str]) -> list[str]:
-    """The argv that runs `argv` inside `netns` (unchanged when `netns` is None)."""
-    return [*(["ip", "netns", "exec", netns] if netns else []), *argv]
-
-
-def spawn(
-    argv: Sequence[str], *, netns: str | None = None, log: IO[bytes] | None = None
-) -> subprocess.Popen[bytes]:
-    """Start `argv` in `netns` in a new session (its own process group).
-
-    stdout and stderr go to `log` (or nowhere); stdin is closed.
-
-    Raises:
-        LabError: the program cannot be started.
-    """
-    sink: IO[bytes] | int = log if log is not None else subprocess.DEVNULL
-    try:
-        return subprocess.Popen(
-            ns_argv(netns, argv),
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=sink,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        raise LabError(f"lab: cannot start {argv[0]}: {exc}") from exc
-
-
-def signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
-    """Send `signum` to the process group `proc` leads (no-op once it has exited)."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signum)
-
-
-def stop_process(
-    proc: subprocess.Popen[bytes],
-    *,
-    timeout_s: float = 3.0,
-    signum: int = signal.SIGTERM,
-    resend: Callable[[], bool] | None = None,
-    resend_s: float = 0.25,
-) -> int:
-    """Stop the process group led by `proc`: `signum` to it, wait, then SIGKILL the group.
-
-    Only the leader gets `signum` (Kamailio's main process stops its children). While it
-    lives, every `resend_s` it gets `signum` again if `resend()` says the first was lost.
-    A frozen group must be continued by its owner first.
-
-    Returns:
-        The leader's exit status (negative: killed by that signal).
-    """
-    deadline = time.monotonic() + timeout_s
-    try:
-        if proc.poll() is None:
-            proc.send_signal(signum)
-        while proc.poll() is None and time.monotonic() < deadline:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=min(resend_s, max(0.0, deadline - time.monotonic())))
-            if proc.poll() is None and resend is not None and resend():
-                proc.send_signal(signum)
-        if proc.poll() is None:
-            signal_group(proc, signal.SIGKILL)
-        return proc.wait(timeout=timeout_s)
-    finally:
-        _reap_group(proc.pid, timeout_s)
-
-
-def _reap_group(pgid: int, timeout_s: float) -> None:
-    """Kill children the leader left behind and wait until the group is empty.
-
-    Until then they may still hold the leader's ports (a quick restart would collide).
-    The group id cannot be reused while any member, even a zombie, still exists.
-    """
-
-    def gone() -> bool:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        return False
-
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
-    try:
-        poll_until(gone, timeout_s=timeout_s, interval_s=0.002)
-    except TimeoutError as exc:
-        raise LabError(f"lab: process group {pgid} still alive after SIGKILL") from exc
-
-
-def poll_until(
-    predicate: Callable[[], T | None], *, timeout_s: float, interval_s: float = 0.01
-) -> T:
-    """Call `predicate` until it returns something truthy or `timeout_s` passes.
-
-    Returns:
-        The first truthy result.
-
-    Raises:
-        TimeoutError: nothing truthy before the deadline.
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"condition not met within {timeout_s} s")
-        time.sleep(interval_s)  # polling interval with a deadline, not synchronization
+_ROLES = {"phone": PHONE_IP, "pbx1": PBX1_IP, "pbx2": PBX2_IP, "peer": PEER_IP, "dns": DNS_IP}
+_SECONDARY = {"pbx1": PROXY1_IP, "pbx2": PROXY2_IP}
+NETNS_ETC = Path("/etc/netns")
 
 
 # --------------------------------------------------------------------- in-namespace calls
@@ -252,6 +164,8 @@ def delete_netns(netns: str) -> None:
     if netns in list_netns():
         _kill_netns_pids(netns)
         subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
+    # Per-namespace /etc files (the phone's resolv.conf) go with their namespace.
+    shutil.rmtree(NETNS_ETC / netns, ignore_errors=True)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -287,10 +201,12 @@ def cleanup_stale(prefix_glob: str = "phl*") -> list[str]:
 
 
 class Lab:
-    """Phone, two PBX hosts and a switch, each in its own network namespace.
+    """Phone, two PBX hosts, a call peer, a DNS host and a switch, each in its own netns.
 
-    All three hosts share 192.0.2.0/24 through a bridge in `<prefix>-sw`; each host has
-    `lo` up and its end of a veth pair named `eth0`. Use as a context manager, or call
+    All hosts share 192.0.2.0/24 through a bridge in `<prefix>-sw`; each host has `lo` up
+    and its end of a veth pair named `eth0`. pbx1 and pbx2 also hold their proxy's address
+    (PROXY1_IP, PROXY2_IP). The phone's resolver is DNS_IP (`/etc/netns/<phone>/resolv.conf`,
+    seen by programs started with `ip netns exec`). Use as a context manager, or call
     `setup()` and `teardown()` (teardown is idempotent and always deletes everything).
     """
 
@@ -308,16 +224,23 @@ class Lab:
         self.phone = f"{self.prefix}-phone"
         self.pbx1 = f"{self.prefix}-pbx1"
         self.pbx2 = f"{self.prefix}-pbx2"
+        self.peer = f"{self.prefix}-peer"
+        self.dns = f"{self.prefix}-dns"
         self.switch = f"{self.prefix}-sw"
 
     def ns(self, role: str) -> str:
-        """The namespace name of `role` (phone, pbx1, pbx2, sw)."""
+        """The namespace name of `role` (phone, pbx1, pbx2, peer, dns, sw)."""
         return f"{self.prefix}-{role}"
 
     @property
     def namespaces(self) -> list[str]:
         """Every namespace this lab owns."""
-        return [self.phone, self.pbx1, self.pbx2, self.switch]
+        return [self.phone, self.pbx1, self.pbx2, self.peer, self.dns, self.switch]
+
+    @property
+    def resolv_conf(self) -> Path:
+        """The phone's resolv.conf as `ip netns exec` mounts it."""
+        return NETNS_ETC / self.phone / "resolv.conf"
 
     def setup(self) -> Lab:
         """Create the namespaces, bridge, veth pairs and addresses.
@@ -341,6 +264,10 @@ class Lab:
             _ip("-n", ns, "link", "set", "lo", "up")
         for role, address in _ROLES.items():
             self._plug(role, address)
+        for role, address in _SECONDARY.items():
+            _ip("-n", self.ns(role), "addr", "add", f"{address}/{PREFIX_LEN}", "dev", "eth0")
+        self.resolv_conf.parent.mkdir(parents=True, exist_ok=True)
+        self.resolv_conf.write_text(f"nameserver {DNS_IP}\noptions timeout:1 attempts:1\n")
 
     def _plug(self, role: str, address: str) -> None:
         host = self.ns(role)
@@ -351,7 +278,7 @@ class Lab:
         # Strict reverse-path filtering must not judge our single flat subnet.
         self.sysctl(role, "net.ipv4.conf.all.rp_filter", "0")
         self.sysctl(role, "net.ipv4.conf.eth0.rp_filter", "0")
-        if role != "phone" and self.icmp_ratelimit_ms is not None:
+        if role.startswith("pbx") and self.icmp_ratelimit_ms is not None:
             self.sysctl(role, "net.ipv4.icmp_ratelimit", str(self.icmp_ratelimit_ms))
 
     def sysctl(self, role: str, key: str, value: str) -> None:
