@@ -27,12 +27,15 @@ from typing import Protocol
 import pjsua2 as pj
 import pjsua2._pjsua2 as pj_native
 
+from phoned.blf import BlfState
 from phoned.events import Server
 
 log = logging.getLogger("phoned.sip")
 
-#: Transports a target may name (SPEC §3). Only UDP is created for now: see `sip.py`.
+#: Transports a target may name (SPEC §3); `sip_endpoint.py` creates one of each.
 TRANSPORTS = ("udp", "tcp", "tls")
+#: Final answers to an authenticated REGISTER that mean "wrong user name or password".
+REJECTED_CODES = frozenset({401, 403, 407})
 #: pj_status_t PJ_ECANCELLED (PJ_ERRNO_START_STATUS + 14): what the gate answers pjsip.
 _PJ_ECANCELLED = 70014
 _PJ_SUCCESS = 0
@@ -82,6 +85,17 @@ class RegistrationChanged:
     state: RegState
     code: int  #: SIP status of the answer (0 when none, e.g. when a REGISTER goes out)
     reason: str  #: its reason phrase, or what the stack did ("dropped without un-REGISTER")
+    #: The server refused our credentials (401/403/407 once pjsip had answered its
+    #: challenge): "primary rejected credentials for 1001". pjsua does not retry these.
+    rejected: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BlfChanged:
+    """The lamp of BLF key `ext` changed (delivered on the stack's thread)."""
+
+    ext: str  #: the watched extension, as in `[blf] keys`
+    state: BlfState
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +121,17 @@ class RegStateParam(Protocol):
     expiration: int
 
 
+class _RxData(Protocol):
+    srcAddress: str  # noqa: N815  # pjsua2's name
+
+
+class IncomingCallParam(Protocol):
+    """What phoned reads of pjsua2's `OnIncomingCallParam`."""
+
+    callId: int  # noqa: N815  # pjsua2's name
+    rdata: _RxData
+
+
 def sip_uri(host: str, port: int, transport: str) -> str:
     """`sip:host:port` (`sips:` for TLS, `;transport=tcp` for TCP), IPv6 bracketed."""
     if transport not in TRANSPORTS:
@@ -114,6 +139,32 @@ def sip_uri(host: str, port: int, transport: str) -> str:
     scheme = "sips" if transport == "tls" else "sip"
     suffix = ";transport=tcp" if transport == "tcp" else ""
     return f"{scheme}:{_bracketed(host)}:{port}{suffix}"
+
+
+def rejected(code: int) -> bool:
+    """Whether a final REGISTER answer means the server refused our credentials."""
+    return code in REJECTED_CODES
+
+
+def call_uri(ext: str, identity: SipIdentity, target: SipTarget) -> str:
+    """The Request-URI of a call to `ext` through `target` (a full URI is kept as is).
+
+    `sip:<ext>@<domain>` when the AOR domain is configured, else `@<host>:<port>`; the
+    transport of the server (`;transport=tcp`, `sips:` for TLS) so that the INVITE goes
+    the way the REGISTER went.
+    """
+    if ext.startswith(("sip:", "sips:")):
+        return ext
+    user = ext.strip()
+    if not user or any(c in user for c in " <>@;"):
+        raise ValueError(f"extension must be a SIP user part, got {ext!r}")
+    if identity.domain:
+        scheme = "sips" if target.transport == "tls" else "sip"
+        suffix = ";transport=tcp" if target.transport == "tcp" else ""
+        return f"{scheme}:{user}@{_bracketed(identity.domain)}{suffix}"
+    address = sip_uri(target.host, target.port, target.transport)
+    scheme, rest = address.split(":", 1)
+    return f"{scheme}:{user}@{rest}"
 
 
 def _bracketed(host: str) -> str:
@@ -174,6 +225,8 @@ class ServerAccount(pj.Account):  # type: ignore[misc]  # pjsua2 ships no stubs
         self.serial = 0
         #: Callbacks are ignored once the account is being dropped or is gone.
         self.silenced = False
+        #: Receives (account, pjsua call id, "ip:port" source) of each incoming INVITE.
+        self.on_incoming: Callable[[ServerAccount, int, str], None] | None = None
         self._on_change = on_change
 
     # -- pjsua2 callbacks (owner thread, inside libHandleEvents or a pjsua2 call) -------
@@ -200,6 +253,15 @@ class ServerAccount(pj.Account):  # type: ignore[misc]  # pjsua2 ships no stubs
             self._set(state, code, reason)
         except Exception:  # Rule 1
             log.exception("sip: %s account: onRegState failed", self.server.value)
+
+    def onIncomingCall(self, prm: IncomingCallParam) -> None:  # noqa: N802  # pjsua2's name
+        """An INVITE arrived for this account: hand it on (pjsua2 answers 500 to calls
+        nobody wraps in a `pj.Call` during this callback, so the hook must do that)."""
+        try:
+            if self.on_incoming is not None:
+                self.on_incoming(self, int(prm.callId), str(prm.rdata.srcAddress))
+        except Exception:  # Rule 1
+            log.exception("sip: %s account: onIncomingCall failed", self.server.value)
 
     def _set(self, state: RegState, code: int, reason: str) -> None:
         if self.silenced:

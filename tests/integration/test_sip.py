@@ -2,8 +2,10 @@
 
 Each test runs one pjsua2 library start -> shutdown on the test's own (main) thread:
 pjsua2 is one library per process, and `shutdown()` destroys it, so the next test can
-create it again. Kamailio asks for digest auth (password `PASSWORD`) so that the
-credentials path is exercised too. Addresses are 127.0.0.11-13 with free ports.
+create it again. Kamailio asks for digest auth (user 1001, password `PASSWORD`) so that
+the credentials path is exercised too. Addresses are 127.0.0.11-13 with free ports.
+The helpers and fixtures here are shared with `test_sip_calls.py` and
+`test_sip_transports.py`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,23 +26,25 @@ from phoned.events import Server
 from phoned.lab.capture import Capture
 from phoned.lab.kamailio import ConfigExtensions, KamailioPbx, free_udp_port
 from phoned.lab.pcap import sip_summary
-from phoned.sip import PjsuaStack, RegistrationChanged, RegState, SipIdentity, SipTarget
+from phoned.lab.proxy import KamailioProxy
+from phoned.sip import (
+    BlfChanged,
+    BlfState,
+    PjsuaStack,
+    RegistrationChanged,
+    RegState,
+    SipEvent,
+    SipIdentity,
+    SipTarget,
+)
 from phoned.sip_account import RetryPolicy, account_config, sip_uri
 
 PASSWORD = "s3cret-Pw9"  # noqa: S105  # the lab PBX's test password
 IDENTITY = SipIdentity(username="1001", password=PASSWORD, auth_username="1001")
 #: pjsua binds its UDP transport on all addresses: ports are checked there.
 ANY_ADDRESS = "0.0.0.0"  # noqa: S104
-#: Digest auth for every REGISTER (Kamailio's auth module, no database).
-AUTH = ConfigExtensions(
-    modules=("auth",),
-    preamble=f"""    if (is_method("REGISTER")) {{
-        if (!pv_www_authenticate("$td", "{PASSWORD}", "0")) {{
-            www_challenge("$td", "0");
-            exit;
-        }}
-    }}""",
-)
+#: The lab PBXs' subscriber table: digest auth for REGISTER (401), INVITE/SUBSCRIBE (407).
+USERS = {"1001": PASSWORD, "1002": "other-Pw7"}
 #: A registrar that cannot serve: 503 to every REGISTER.
 REFUSING = ConfigExtensions(
     preamble="""    if (is_method("REGISTER")) {
@@ -53,16 +58,21 @@ REFUSING = ConfigExtensions(
 class Recorder:
     """Collects `on_event` calls with the monotonic time they arrived."""
 
-    events: list[tuple[float, RegistrationChanged]] = field(default_factory=list)
+    events: list[tuple[float, SipEvent]] = field(default_factory=list)
 
-    def __call__(self, event: RegistrationChanged) -> None:
+    def __call__(self, event: SipEvent) -> None:
         self.events.append((time.monotonic(), event))
 
+    def registrations(self) -> list[tuple[float, RegistrationChanged]]:
+        return [(t, e) for t, e in self.events if isinstance(e, RegistrationChanged)]
+
     def states(self, server: Server) -> list[RegState]:
-        return [e.state for _, e in self.events if e.server is server]
+        return [e.state for _, e in self.registrations() if e.server is server]
 
     def first(self, server: Server, state: RegState) -> tuple[float, RegistrationChanged]:
-        return next((t, e) for t, e in self.events if e.server is server and e.state is state)
+        return next(
+            (t, e) for t, e in self.registrations() if e.server is server and e.state is state
+        )
 
 
 @dataclass
@@ -98,33 +108,37 @@ def wait_for(condition: Callable[[], bool], stack: PjsuaStack, timeout_s: float 
     assert poll_until(stack, condition, timeout_s), "condition not reached in time"
 
 
-def _pbx(name: str, host: str, tmp_path: Path, ext: ConfigExtensions) -> Iterator[KamailioPbx]:
+def lab_pbx(name: str, host: str, tmp_path: Path, **options: Any) -> KamailioPbx:
+    """A (not yet started) lab PBX on a free UDP port of `host`, authenticating `USERS`."""
     port = free_udp_port(None, host)
-    with KamailioPbx(name, host, port, workdir=tmp_path, extensions=ext) as pbx:
-        yield pbx
+    options.setdefault("users", USERS)
+    return KamailioPbx(name, host, port, workdir=tmp_path, **options)
 
 
 @pytest.fixture
 def pbx1(tmp_path: Path) -> Iterator[KamailioPbx]:
-    yield from _pbx("sip-primary", "127.0.0.11", tmp_path, AUTH)
+    with lab_pbx("sip-primary", "127.0.0.11", tmp_path) as pbx:
+        yield pbx
 
 
 @pytest.fixture
 def pbx2(tmp_path: Path) -> Iterator[KamailioPbx]:
-    yield from _pbx("sip-backup", "127.0.0.12", tmp_path, AUTH)
+    with lab_pbx("sip-backup", "127.0.0.12", tmp_path) as pbx:
+        yield pbx
 
 
 @pytest.fixture
 def refusing(tmp_path: Path) -> Iterator[KamailioPbx]:
-    yield from _pbx("sip-refusing", "127.0.0.13", tmp_path, REFUSING)
+    with lab_pbx("sip-refusing", "127.0.0.13", tmp_path, extensions=REFUSING) as pbx:
+        yield pbx
 
 
 @pytest.fixture
 def make_phone() -> Iterator[MakePhone]:
-    """Factory of started stacks; every one is shut down after the test."""
+    """Factory of started stacks (keywords go to `PjsuaStack`); all shut down after."""
     made: list[PjsuaStack] = []
 
-    def make(identity: SipIdentity = IDENTITY, log_level: int = 1) -> Phone:
+    def make(identity: SipIdentity = IDENTITY, log_level: int = 1, **options: Any) -> Phone:
         recorder = Recorder()
         local_port = free_udp_port(None, ANY_ADDRESS)
         stack = PjsuaStack(
@@ -134,6 +148,7 @@ def make_phone() -> Iterator[MakePhone]:
             register_expires=120,
             on_event=recorder,
             log_level=log_level,
+            **options,
         )
         made.append(stack)
         stack.start()
@@ -241,13 +256,69 @@ def test_failback_keeps_backup_while_primary_refuses(
     assert phone.recorder.states(Server.BACKUP) == [RegState.REGISTERING, RegState.REGISTERED]
 
 
-def test_wrong_password_is_reported_as_failed(make_phone: MakePhone, pbx1: KamailioPbx) -> None:
+def test_digest_auth_answers_the_challenge(make_phone: MakePhone, pbx1: KamailioPbx) -> None:
+    phone = make_phone()
+    register(phone, Server.PRIMARY, pbx1)
+
+    registers = [r for r in pbx1.requests() if r.startswith("REGISTER")]
+    assert len(registers) == 2  # the 401 challenge, then the authenticated REGISTER
+    registered = phone.recorder.first(Server.PRIMARY, RegState.REGISTERED)[1]
+    assert not registered.rejected
+
+
+def test_wrong_password_is_rejected_once_without_a_retry_storm(
+    make_phone: MakePhone, pbx1: KamailioPbx
+) -> None:
     phone = make_phone(SipIdentity(username="1001", password="wrong", auth_username="1001"))  # noqa: S106
     phone.stack.use_server(Server.PRIMARY, target_of(pbx1))
-    wait_for(lambda: phone.stack.registration(Server.PRIMARY) is RegState.FAILED, phone.stack)
+    watched_s = 10.0
+    poll_until(phone.stack, lambda: False, watched_s)  # what pjsua does on its own
 
-    assert phone.recorder.first(Server.PRIMARY, RegState.FAILED)[1].code in (401, 403)
+    failed = [e for _, e in phone.recorder.registrations() if e.state is RegState.FAILED]
+    assert len(failed) == 1
+    assert failed[0].code in (401, 403)
+    assert failed[0].rejected  # the supervisor: "primary rejected credentials for 1001"
+    registers = [r for r in pbx1.requests() if r.startswith("REGISTER")]
+    assert len(registers) <= 2  # challenge + one authenticated try, nothing more in 10 s
     assert pbx1.registrations() == []
+    assert phone.stack.registration(Server.PRIMARY) is RegState.FAILED
+
+
+def _proxy(name: str, host: str, pbx: KamailioPbx, tmp_path: Path) -> KamailioProxy:
+    port = free_udp_port(None, host)
+    return KamailioProxy(name, host, port, next_hop=(pbx.host, pbx.port), workdir=tmp_path)
+
+
+def _registers_from(server: KamailioPbx, port: int) -> list[str]:
+    return [r for r in server.requests() if r.startswith("REGISTER") and f":{port} " in r]
+
+
+def test_register_goes_through_each_servers_outbound_proxy(
+    make_phone: MakePhone, pbx1: KamailioPbx, pbx2: KamailioPbx, tmp_path: Path
+) -> None:
+    phone = make_phone()
+    with (
+        _proxy("sip-proxy1", "127.0.0.14", pbx1, tmp_path) as proxy1,
+        _proxy("sip-proxy2", "127.0.0.15", pbx2, tmp_path) as proxy2,
+    ):
+        primary = SipTarget(pbx1.host, pbx1.port, proxy=(proxy1.host, proxy1.port))
+        phone.stack.use_server(Server.PRIMARY, primary)
+        wait_for(lambda: registered_here(pbx1, phone.local_port), phone.stack)
+
+        assert len(_registers_from(proxy1, phone.local_port)) == 2  # challenge + auth
+        assert _registers_from(pbx1, phone.local_port) == []  # none came direct
+        assert [r for r in pbx1.requests() if r.startswith(f"REGISTER from {proxy1.host}:")]
+
+        backup = SipTarget(pbx2.host, pbx2.port, proxy=(proxy2.host, proxy2.port))
+        phone.stack.use_server(Server.BACKUP, backup)
+        wait_for(lambda: phone.stack.registration(Server.BACKUP) is RegState.REGISTERED,
+                 phone.stack)  # fmt: skip
+
+        assert registered_here(pbx2, phone.local_port)
+        assert len(_registers_from(proxy2, phone.local_port)) == 2
+        assert _registers_from(pbx2, phone.local_port) == []
+        assert [r for r in pbx2.requests() if r.startswith(f"REGISTER from {proxy2.host}:")]
+        assert len(_registers_from(proxy1, phone.local_port)) == 2  # nothing more to proxy1
 
 
 def test_same_server_again_changes_nothing(make_phone: MakePhone, pbx1: KamailioPbx) -> None:
@@ -376,8 +447,51 @@ def test_account_config_uses_proxy_credentials_and_spread_retries() -> None:
     assert cfg.natConfig.udpKaIntervalSec == 0  # no CRLF pings: the OPTIONS are the keep-alive
 
 
-def test_unsupported_transport_is_refused_before_pjsua(make_phone: MakePhone) -> None:
+def test_unknown_transport_is_refused_before_pjsua(make_phone: MakePhone) -> None:
     phone = make_phone()
-    with pytest.raises(SipError, match="'tcp' is not supported"):
-        phone.stack.use_server(Server.PRIMARY, SipTarget("127.0.0.11", 5060, "tcp"))
+    with pytest.raises(SipError, match="udp, tcp or tls, got 'sctp'"):
+        phone.stack.use_server(Server.PRIMARY, SipTarget("127.0.0.11", 5060, "sctp"))
     assert phone.stack.registration(Server.PRIMARY) is RegState.IDLE
+
+
+# ------------------------------------------------------------ BLF (sip_blf.py wired in)
+
+
+def _lamps(phone: Phone) -> list[tuple[str, BlfState]]:
+    return [(e.ext, e.state) for _, e in phone.recorder.events if isinstance(e, BlfChanged)]
+
+
+def test_blf_moves_to_the_backup_on_failover_and_back_on_failback(
+    make_phone: MakePhone, tmp_path: Path
+) -> None:
+    with (
+        lab_pbx("blf-primary", "127.0.0.11", tmp_path, presence=True) as pbx1,
+        lab_pbx("blf-backup", "127.0.0.12", tmp_path, presence=True) as pbx2,
+    ):
+        phone = make_phone(blf_keys=["1002"])
+        register(phone, Server.PRIMARY, pbx1)
+        pbx1.publish_dialog("1002", "busy")
+        wait_for(lambda: phone.stack.blf_states() == {"1002": BlfState.BUSY}, phone.stack)
+
+        pbx1.freeze()
+        try:
+            phone.stack.use_server(Server.BACKUP, target_of(pbx2))
+            pbx2.publish_dialog("1002", "ringing")
+            wait_for(lambda: phone.stack.blf_states() == {"1002": BlfState.RINGING},
+                     phone.stack)  # fmt: skip
+        finally:
+            pbx1.thaw()
+        subscribes_to_primary = [r for r in pbx1.requests() if r.startswith("SUBSCRIBE")]
+
+        phone.stack.use_server(Server.PRIMARY, target_of(pbx1))
+        wait_for(lambda: phone.stack.registration(Server.BACKUP) is RegState.IDLE, phone.stack)
+        wait_for(lambda: phone.stack.blf_states() == {"1002": BlfState.BUSY}, phone.stack)
+
+    assert len(subscribes_to_primary) == 2  # 407 + authenticated: nothing after the freeze
+    assert [r for r in pbx2.requests() if r.startswith("SUBSCRIBE")]
+    states = [state for ext, state in _lamps(phone) if ext == "1002"]
+    busy = states.index(BlfState.BUSY)
+    ringing = states.index(BlfState.RINGING)
+    assert BlfState.UNKNOWN in states[busy:ringing]  # failover: the primary's lamps dropped
+    assert BlfState.UNKNOWN in states[ringing:]  # failback: the backup's ended
+    assert states[-1] is BlfState.BUSY
