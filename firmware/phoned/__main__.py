@@ -1,11 +1,11 @@
-"""The `phoned` command line (SPEC §4): run, check-config, status, demo.
+"""The `phoned` command line (SPEC §4): run, check-config, status, call, hangup, demo.
 
 Owns: argument parsing, loading the settings, exit codes and turning every expected error
 into one clear message on stderr (never a traceback). Must not touch: the service's
 internals (the supervisor runs them) or the lab (the demo module drives it).
 
 Exit codes: 0 success; 1 bad settings or the service failed; 2 bad usage; 3 the service is
-not running (`status`).
+not running (`status`, `call`, `hangup`).
 """
 
 from __future__ import annotations
@@ -36,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show the running service's state")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--config", default=DEFAULT_CONFIG, help="settings file (TOML)")
+    call = sub.add_parser("call", help="place a call through the active server")
+    call.add_argument("ext", help="extension (or sip: URI) to call")
+    call.add_argument("--config", default=DEFAULT_CONFIG, help="settings file (TOML)")
+    hangup = sub.add_parser("hangup", help="end the running call(s)")
+    hangup.add_argument("--call-id", type=int, default=None, help="only this call")
+    hangup.add_argument("--config", default=DEFAULT_CONFIG, help="settings file (TOML)")
     demo = sub.add_parser("demo", help="run the local lab: fail over and back (SPEC §8)")
     demo.add_argument("--interval", type=int, default=2, help="keep-alive interval in s")
     return parser
@@ -48,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": lambda a: _run(a.config, a.log_level),
         "check-config": lambda a: _check_config(a.file),
         "status": lambda a: _status(a.config, a.json),
+        "call": lambda a: _ask(a.config, "call", {"ext": a.ext}),
+        "hangup": lambda a: _ask(a.config, "hangup", {"call_id": a.call_id}),
         "demo": lambda a: _demo(a.interval),
     }
     try:
@@ -107,6 +115,21 @@ def _status(config_path: str, as_json: bool) -> int:
         print(f"phoned: {exc}", file=sys.stderr)
         return 3
     print(json.dumps(snapshot, indent=2) if as_json else render_text(snapshot))
+    return 0
+
+
+def _ask(config_path: str, cmd: str, args: dict[str, object]) -> int:
+    from phoned.control import request  # noqa: PLC0415
+
+    try:
+        result = request(_control_socket(config_path), cmd, args)
+    except ControlError as exc:
+        print(f"phoned: {exc}", file=sys.stderr)
+        return 3 if "not running" in str(exc) else 1
+    if cmd == "call":
+        print(f"calling {args['ext']} through the {result['server']} (call {result['call_id']})")
+    else:
+        print(f"ended {result['ended']} call(s)")
     return 0
 
 

@@ -283,6 +283,7 @@ def _sip(check: Checker, data: Table) -> SipSettings:
         user_agent=check.take(
             table, path, "user_agent", rule.non_empty(rule.string), SipSettings().user_agent
         ),
+        auto_answer=check.take(table, path, "auto_answer", rule.boolean, False),
     )
 
 

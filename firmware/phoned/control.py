@@ -17,7 +17,7 @@ import os
 import select
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +119,9 @@ def _read_line(conn: socket.socket) -> bytes:
     return data.split(b"\n", 1)[0]
 
 
-def request(path: str, cmd: str, timeout_s: float = 3.0, **args: object) -> dict[str, Any]:
+def request(
+    path: str, cmd: str, args: Mapping[str, object] | None = None, timeout_s: float = 5.0
+) -> dict[str, Any]:
     """Send one command to the running service and return its result.
 
     Raises:
@@ -129,7 +131,7 @@ def request(path: str, cmd: str, timeout_s: float = 3.0, **args: object) -> dict
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout_s)
             sock.connect(path)
-            sock.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+            sock.sendall(json.dumps({"cmd": cmd, **(args or {})}).encode() + b"\n")
             reply = json.loads(_read_line(sock) or b"null")
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         raise ControlError(

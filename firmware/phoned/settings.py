@@ -85,6 +85,9 @@ class SipSettings:
     register_expires: int = 300
     #: User-Agent header value.
     user_agent: str = f"phoned/{__version__}"
+    #: Answer incoming calls from the configured servers at once (beyond SPEC §3: the lab
+    #: and intercom set-ups); false = they ring until answered.
+    auto_answer: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,6 +62,8 @@ class _Board:
     service: Service = Service.STARTING
     cycle: int | None = None
     last_switch: dict[str, Any] = field(default_factory=dict)
+    calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+    blf: dict[str, str] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
 
 
@@ -79,6 +81,16 @@ class StatusBoard:
         self._lock = threading.Lock()
         roles = {role: ServerStatus(host, port) for role, (host, port) in servers.items()}
         self._b = _Board(ext, roles, keepalive, interval_s)
+
+    def watch_blf(self, keys: tuple[str, ...]) -> None:
+        """Show these BLF keys, every lamp unknown until a NOTIFY says otherwise."""
+        with self._lock:
+            self._b.blf = dict.fromkeys(keys, "unknown")
+
+    def set_blf(self, ext: str, state: str) -> None:
+        """Record the state of one BLF key (idle, ringing, busy, unknown)."""
+        with self._lock:
+            self._b.blf[ext] = state
 
     def set_active(self, server: Server, reason: str) -> None:
         """Record a switch of the active server (SPEC §2)."""
@@ -112,6 +124,14 @@ class StatusBoard:
                 if verdict.server in self._b.servers:
                     self._b.servers[verdict.server].last_cycle = verdict
 
+    def set_call(self, call_id: int, call: dict[str, Any] | None) -> None:
+        """Record a live call (a JSON-able dict), or forget an ended one (None)."""
+        with self._lock:
+            if call is None:
+                self._b.calls.pop(call_id, None)
+            else:
+                self._b.calls[call_id] = call
+
     @property
     def active(self) -> Server:
         """The server registration, subscriptions and new calls go to."""
@@ -135,6 +155,8 @@ class StatusBoard:
                 "keepalive": {"enabled": b.keepalive, "interval_s": b.interval_s},
                 "servers": servers,
                 "last_switch": dict(b.last_switch),
+                "calls": [dict(call) for _, call in sorted(b.calls.items())],
+                "blf": dict(b.blf),
                 "display": {"top_line": top_line(b.ext, b.active, b.service, registered)},
                 "leds": {"status": asdict(led)},
                 "uptime_s": round(time.time() - b.started_at, 1),
@@ -178,6 +200,14 @@ def render_text(snapshot: dict[str, Any]) -> str:
         )
     led = snapshot["leds"]["status"]
     lines.append(f"led:      {led['color']}{' blinking' if led['blinking'] else ''}")
+    if snapshot.get("blf"):
+        lamps = "  ".join(f"{ext} {state}" for ext, state in snapshot["blf"].items())
+        lines.append(f"blf:      {lamps}")
+    for call in snapshot.get("calls", []):
+        lines.append(
+            f"call {call['call_id']}:   {call['direction']} {call['remote']} {call['state']}"
+            f" via {call['server']} ({call['duration_s']:.0f} s)"
+        )
     if snapshot["last_switch"]:
         switch = snapshot["last_switch"]
         lines.append(f"switched: {switch['from']} -> {switch['to']}: {switch['reason']}")

@@ -15,7 +15,8 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
@@ -40,7 +41,17 @@ from phoned.failover import FailoverPolicy, PolicySettings
 from phoned.logfmt import log_event
 from phoned.monitor import KeepaliveMonitor
 from phoned.probe import ProbeTarget, UdpProber
-from phoned.sip import PjsuaStack, RegistrationChanged, RegState, SipIdentity, SipTarget
+from phoned.sip import (
+    BlfChanged,
+    CallChanged,
+    CallInfo,
+    PjsuaStack,
+    RegistrationChanged,
+    RegState,
+    SipEvent,
+    SipIdentity,
+    SipTarget,
+)
 from phoned.status import StatusBoard
 
 log = logging.getLogger("phoned")
@@ -54,6 +65,21 @@ _IDLE_POLL_MS = 100
 _BUSY_WINDOW_S = 0.06
 #: Registration failures that mean "this server cannot serve" (SPEC §1, keep-alive off).
 _REGISTRATION_DEAD_CODES = frozenset({408, 503})
+#: Keep-alive off (SPEC §1): registration is the only failure detector, so a REGISTER
+#: must fail fast (pjsip's own timeout is 32 s) and refresh often enough to notice a dead
+#: server: failover within about register refresh + 4 s.
+_REGISTRATION_DRIVEN_TIMEOUT_S = 4.0
+_REGISTRATION_DRIVEN_MAX_EXPIRES_S = 60
+
+
+@dataclass
+class _Command:
+    """Work the control thread hands the pjsua2 thread, and its outcome."""
+
+    run: Callable[[], dict[str, Any]]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +148,7 @@ class Supervisor:
         self._endpoints = endpoints(settings)
         self._clock = MonotonicClock()
         self._actions: queue.SimpleQueue[Action] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._ready = False
         self.board = StatusBoard(
@@ -130,13 +157,8 @@ class Supervisor:
             keepalive=settings.redundancy.sip_keep_alive_mode,
             interval_s=float(settings.redundancy.sip_keep_alive_interval),
         )
-        self._sip = PjsuaStack(
-            _identity(settings),
-            local_port=settings.sip.local_port,
-            user_agent=settings.sip.user_agent,
-            register_expires=settings.sip.register_expires,
-            on_event=self._on_registration,
-        )
+        self.board.watch_blf(settings.blf.keys)
+        self._sip = _sip_stack(settings, self._on_sip_event)
         policy = policy_settings(settings)
         # SPEC §1: start_0 at random within the first interval, so phones do not align.
         first_cycle_delay_s = random.uniform(0.0, policy.interval_s)  # noqa: S311 - not secret
@@ -162,6 +184,7 @@ class Supervisor:
             signal.signal(signum, self._on_signal)
         try:
             self._sip.start()
+            self._sip.accept_calls_from(self._call_sources())
         except PhonedError:
             self._control.stop()  # nothing else started yet
             raise
@@ -172,6 +195,7 @@ class Supervisor:
         while not self._stop.is_set():
             self._sip.poll(self._poll_ms())
             self._drain_actions()
+            self._drain_commands()
             if not (self._monitor.alive and self._control.alive):
                 log.error("phoned: a worker thread died; exiting so that it is restarted")
                 code = 1
@@ -188,6 +212,15 @@ class Supervisor:
         if deadline is None:
             return _IDLE_POLL_MS
         return max(1, min(_IDLE_POLL_MS, int((deadline - now) * 1000) + 1))
+
+    def _call_sources(self) -> dict[Server, list[str]]:
+        """SPEC §2: calls are accepted from either server (and its outbound proxy)."""
+        sources: dict[Server, list[str]] = {}
+        for role, endpoint in self._endpoints.items():
+            sources[role] = [endpoint.probe.host]
+            if endpoint.sip.proxy is not None:
+                sources[role].append(resolve(endpoint.sip.proxy[0]))
+        return sources
 
     def stop(self) -> None:
         """Ask `run()` to return (thread-safe)."""
@@ -269,8 +302,41 @@ class Supervisor:
         self._mark_ready()
 
     # -- events from pjsua2 (on this thread) ------------------------------------------
+    def _on_sip_event(self, event: SipEvent) -> None:
+        if isinstance(event, RegistrationChanged):
+            self._on_registration(event)
+        elif isinstance(event, CallChanged):
+            self._on_call(event.call)
+        elif isinstance(event, BlfChanged):
+            self.board.set_blf(event.ext, event.state.value)
+            log_event(
+                log,
+                "blf",
+                f"blf: {event.ext} {event.state.value}",
+                ext=event.ext,
+                state=event.state.value,
+            )
+
+    def _on_call(self, call: CallInfo) -> None:
+        self.board.set_call(call.call_id, None if call.state.value == "ended" else _call_dict(call))
+        detail = f" ({call.code} {call.reason})" if call.code else ""
+        log_event(
+            log,
+            "call",
+            f"call {call.call_id}: {call.direction.value} {call.remote_uri} via "
+            f"{call.server.value} {call.state.value}{detail}",
+            call_id=call.call_id,
+            state=call.state.value,
+            server=call.server.value,
+            direction=call.direction.value,
+            code=call.code or None,
+        )
+
     def _on_registration(self, event: RegistrationChanged) -> None:
         detail = f"{event.code} {event.reason}" if event.code else event.reason
+        if event.rejected:
+            user = self._settings.account.auth_username or self._settings.account.username
+            detail = f"{event.server.value} rejected credentials for {user} ({detail})"
         self.board.set_registration(event.server, event.state.value, detail)
         target = self._endpoints[event.server].probe
         log_event(
@@ -334,11 +400,79 @@ class Supervisor:
                 attempt=item.attempt,
             )
 
-    # -- control socket (on the control thread: read only) ---------------------------
+    # -- control socket (on the control thread; pjsua2 work is handed over) ------------
     def _on_control(self, request: dict[str, Any]) -> dict[str, Any]:
-        if request["cmd"] == "status":
+        cmd = request["cmd"]
+        if cmd == "status":
             return self.board.snapshot()
-        raise ValueError(f"unknown command: {request['cmd']}")
+        if cmd == "call":
+            ext = request.get("ext")
+            if not isinstance(ext, str) or not ext.strip():
+                raise ValueError("call needs an extension, e.g. phoned call 1002")
+            return self._on_sip_thread(lambda: self._call(ext.strip()))
+        if cmd == "hangup":
+            call_id = request.get("call_id")
+            if call_id is not None and not isinstance(call_id, int):
+                raise ValueError("hangup takes a call id (a number)")
+            return self._on_sip_thread(lambda: {"ended": self._sip.hangup(call_id)})
+        raise ValueError(f"unknown command: {cmd}")
+
+    def _call(self, ext: str) -> dict[str, Any]:
+        call_id = self._sip.call(ext)
+        return {"call_id": call_id, "server": self.board.active.value}
+
+    def _on_sip_thread(
+        self, run: Callable[[], dict[str, Any]], timeout_s: float = 3.0
+    ) -> dict[str, Any]:
+        command = _Command(run)
+        self._commands.put(command)
+        if not command.done.wait(timeout_s):
+            raise ValueError(f"the SIP stack did not answer within {timeout_s:.0f} s")
+        if command.error:
+            raise ValueError(command.error)
+        return command.result
+
+    def _drain_commands(self) -> None:
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                command.result = command.run()
+            except PhonedError as exc:
+                command.error = str(exc)
+            finally:
+                command.done.set()
+
+
+def _call_dict(call: CallInfo) -> dict[str, Any]:
+    return {
+        "call_id": call.call_id,
+        "remote": call.remote_uri,
+        "state": call.state.value,
+        "direction": call.direction.value,
+        "server": call.server.value,
+        "duration_s": round(call.duration_s, 1),
+    }
+
+
+def _sip_stack(settings: Settings, on_event: Callable[[SipEvent], None]) -> PjsuaStack:
+    registration_driven = not settings.redundancy.sip_keep_alive_mode
+    expires = settings.sip.register_expires
+    if registration_driven:
+        expires = min(expires, _REGISTRATION_DRIVEN_MAX_EXPIRES_S)
+    return PjsuaStack(
+        _identity(settings),
+        local_port=settings.sip.local_port,
+        user_agent=settings.sip.user_agent,
+        register_expires=expires,
+        on_event=on_event,
+        auto_answer=settings.sip.auto_answer,
+        tls_ca_file=settings.server.tls_ca_file,
+        register_timeout_s=_REGISTRATION_DRIVEN_TIMEOUT_S if registration_driven else None,
+        blf_keys=settings.blf.keys,
+    )
 
 
 def _identity(settings: Settings) -> SipIdentity:
