@@ -4,6 +4,10 @@ Owns: the loop `deadline = policy.next_deadline()`, wait on the prober's sockets
 feed answers and deadlines to the core, send the probes it asks for at once, and hand every
 other action to the supervisor. Must not touch: pjsua2, the status board, or any decision
 (the core decides; this thread only carries events in and actions out).
+
+The thread never blocks but in `select`: a stream prober's connects and TLS handshakes
+progress when its sockets turn writable or readable (`writers()`, `writable()`), and name
+lookups run on the prober's own workers, started through `prepare()` ahead of each cycle.
 """
 
 from __future__ import annotations
@@ -29,12 +33,36 @@ _MAX_WAIT_S = 1.0
 
 
 class Prober(Protocol):
-    """What the monitor needs of a prober (see `probe.UdpProber`)."""
+    """What the monitor needs of a prober (`probe.UdpProber`, `probe_stream.StreamProber`,
+    `resolve.ResolvingProber`)."""
 
-    def sockets(self) -> Sequence[socket.socket]: ...
-    def send(self, server: Server, cycle: int, attempt: int) -> list[Event]: ...
-    def receive(self, sock: socket.socket) -> list[Event]: ...
-    def close(self) -> None: ...
+    def sockets(self) -> Sequence[socket.socket]:
+        """Sockets to wait on for reading."""
+        ...
+
+    def writers(self) -> Sequence[socket.socket]:
+        """Sockets to wait on for writing (connects, handshakes, unsent bytes)."""
+        ...
+
+    def prepare(self, next_cycle_at: float | None, now: float) -> float | None:
+        """Work ahead of the next cycle start; returns when to be called again."""
+        ...
+
+    def send(self, server: Server, cycle: int, attempt: int) -> list[Event]:
+        """Send one attempt now."""
+        ...
+
+    def receive(self, sock: socket.socket) -> list[Event]:
+        """`sock` (of `sockets()`) is readable."""
+        ...
+
+    def writable(self, sock: socket.socket) -> list[Event]:
+        """`sock` (of `writers()`) is writable."""
+        ...
+
+    def close(self) -> None:
+        """Release every socket and worker."""
+        ...
 
 
 class KeepaliveMonitor:
@@ -115,17 +143,21 @@ class KeepaliveMonitor:
                 self.last_deadline_at = now
                 self._dispatch(self._policy.on_deadline(now))
                 continue
-            wait_s = _MAX_WAIT_S if deadline is None else min(_MAX_WAIT_S, deadline - now)
-            self._wait(wait_s)
+            prepare_at = self._prober.prepare(self._policy.snapshot().next_cycle_at, now)
+            wake_at = [t for t in (deadline, prepare_at) if t is not None]
+            self._wait(min([_MAX_WAIT_S, *(t - now for t in wake_at)]))
 
     def _wait(self, wait_s: float) -> None:
-        sockets = list(self._prober.sockets())
-        readable, _, _ = select.select([*sockets, self._wake_r], [], [], max(0.0, wait_s))
+        readers = [*self._prober.sockets(), self._wake_r]
+        writers = list(self._prober.writers())
+        readable, writable, _ = select.select(readers, writers, [], max(0.0, wait_s))
         for sock in readable:
             if sock is self._wake_r:
                 self._drain_wake()
             else:
                 self._feed(self._prober.receive(sock))
+        for sock in writable:
+            self._feed(self._prober.writable(sock))
         while not self._inbox.empty():
             self._feed([self._inbox.get_nowait()])
 

@@ -66,10 +66,31 @@ _NETWORK_ERRORS: Mapping[int, str] = {
 
 @dataclass(frozen=True, slots=True)
 class ProbeTarget:
-    """Where a server's OPTIONS go: an IP literal and a UDP port (FQDN comes later)."""
+    """Where a server's OPTIONS go.
+
+    As configured (`make_prober`'s input), `host` is an IP literal or a name, and port 0
+    asks for DNS SRV. As handed to a transport prober, `host` is always an IP literal and
+    `name` the configured name it was resolved from (None for a literal): TLS checks the
+    server certificate against `name or host`.
+    """
 
     host: str
     port: int
+    name: str | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """`(host, port)`, as the SIP stack wants it."""
+        return (self.host, self.port)
+
+    @property
+    def is_literal(self) -> bool:
+        """Whether `host` is an IP address (nothing to resolve but SRV for port 0)."""
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        return True
 
 
 @dataclass(slots=True)
@@ -97,6 +118,12 @@ class AttemptBook:
         self.peer = peer
         self._by_branch: dict[str, _Attempt] = {}
         self._latest: _Attempt | None = None
+
+    def unanswered(self, branch: str) -> tuple[int, int] | None:
+        """(cycle, attempt) of the attempt sent with `branch`, if still remembered and
+        without a final reply; None otherwise."""
+        sent = self._by_branch.get(branch)
+        return None if sent is None or sent.answered else (sent.cycle, sent.attempt)
 
     @property
     def latest(self) -> tuple[int, int] | None:
@@ -193,6 +220,23 @@ class UdpProber:
         """The sockets to `select()` on, one per server; re-read after `retarget`."""
         return [link.sock for link in self._links.values()]
 
+    def writers(self) -> list[socket.socket]:
+        """Sockets waiting to become writable: none, UDP sends never wait."""
+        return []
+
+    def writable(self, _sock: socket.socket) -> list[Event]:
+        """Nothing to do: see `writers`."""
+        return []
+
+    def prepare(self, _next_cycle_at: float | None, _now: float) -> float | None:
+        """Nothing to prepare before a cycle (targets are IP literals)."""
+        return None
+
+    def resolved(self, server: Server) -> tuple[str, int] | None:
+        """The address `server` is probed at, None if it has no target."""
+        target = self._target(server)
+        return None if target is None else target.address
+
     def send(self, server: Server, cycle: int, attempt: int) -> list[Event]:
         """Send attempt `attempt` of cycle `cycle` to `server` now.
 
@@ -231,7 +275,7 @@ class UdpProber:
             except OSError as exc:
                 if exc.errno not in _NETWORK_ERRORS:
                     raise ProbeError(f"probe: cannot read {link.server.value}: {exc}") from exc
-                events.extend(self._failed_latest(link, _reason(exc)))
+                events.extend(self._failed_latest(link, network_reason(exc)))
                 continue
             answer = link.book.match(parse_response(data), source[:2], self._clock.now())
             if answer is None:
@@ -334,7 +378,7 @@ class UdpProber:
             local_host, local_port = link.sock.getsockname()[:2]
             peer_host, peer_port = link.sock.getpeername()[:2]
         except OSError as exc:
-            return _reason(exc)
+            return network_reason(exc)
         local_host = local_host.partition("%")[0]  # no IPv6 zone id in a Via
         link.template = self._template(link.target.host, link.target.port, local_host, local_port)
         link.local_host = local_host
@@ -360,7 +404,7 @@ class UdpProber:
                 events.extend(self._failed_latest(link, "port unreachable"))
                 continue
             except OSError as exc:
-                return [*events, ProbeFailed(link.server, cycle, attempt, _reason(exc))]
+                return [*events, ProbeFailed(link.server, cycle, attempt, network_reason(exc))]
             link.book.record(
                 branch, cycle=cycle, attempt=attempt, call_id=call_id, cseq=cseq, sent_at=sent_at
             )
@@ -376,7 +420,7 @@ class UdpProber:
         return [ProbeFailed(link.server, cycle, attempt, reason)]
 
 
-def _reason(exc: OSError) -> str:
+def network_reason(exc: OSError) -> str:
     """A short reason for logs and the core; unknown errors keep their strerror."""
     if exc.errno is None:
         return str(exc) or type(exc).__name__

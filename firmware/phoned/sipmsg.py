@@ -1,7 +1,8 @@
 """SIP OPTIONS requests out, SIP responses in: the bytes of SPEC §1's probes (RFC 3261).
 
-Owns: building an out-of-dialog OPTIONS request and parsing a response into the few fields
-the prober matches on (status, Call-ID, CSeq, top Via branch).
+Owns: building an out-of-dialog OPTIONS request, parsing a response into the few fields
+the prober matches on (status, Call-ID, CSeq, top Via branch), and cutting a TCP/TLS byte
+stream into messages by Content-Length (RFC 3261 §18.3).
 
 Rule 1: pure. No sockets, no clock, no logging: bytes in, values out.
 Rule 2: `parse_response` never raises. Anything that is not a SIP response (a request,
@@ -9,6 +10,9 @@ garbage, a truncated datagram) is `None`; a response with a missing or malformed
 has `None` in that field, so the prober's matching simply fails.
 Rule 3: what we send is strict: a value that would break the message (CR/LF in a header,
 a branch without the RFC 3261 magic cookie) raises `ValueError` instead of going out.
+Rule 4: a stream that cannot be framed (no or a bad Content-Length, a message larger than
+the limit) raises `FramingError`: the boundary of the next message is lost, so the only
+way on is a new connection.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+
+from phoned.errors import PhonedError
 
 #: RFC 3261 §8.1.1.7: every branch we send starts with this cookie.
 BRANCH_COOKIE = "z9hG4bK"
@@ -39,6 +45,11 @@ _HEADER_RE = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*:[ \t]*(.*)")
 _CSEQ_RE = re.compile(r"([0-9]{1,10})[ \t]+([A-Za-z0-9\-.!%*_+`'~]+)")
 _LINE_SPLIT_RE = re.compile(r"\r\n|\n")
 _LWS = " \t\r"
+_HEAD_END_RE = re.compile(rb"\r?\n\r?\n")
+_DIGITS_RE = re.compile(r"[0-9]{1,10}")
+#: Largest message accepted on a stream. A probe answer is well under 2 KiB; a peer that
+#: sends more than this without a message boundary is broken (or hostile).
+MAX_STREAM_MESSAGE = 65535
 
 #: RFC 3261 §7.3.3 and later RFCs: compact header names and what they stand for.
 COMPACT_HEADERS: Mapping[str, str] = MappingProxyType(
@@ -344,3 +355,80 @@ def _split_outside_quotes(text: str, sep: str) -> list[str]:
         current.append(ch)
     parts.append("".join(current))
     return parts
+
+
+# -------------------------------------------------------------------------- stream
+
+
+class FramingError(PhonedError, ValueError):
+    """A stream's bytes cannot be cut into SIP messages; the connection must be dropped."""
+
+
+class StreamFramer:
+    """Cuts a TCP/TLS byte stream into whole SIP messages (RFC 3261 §18.3).
+
+    A message is its head (up to the blank line) plus exactly `Content-Length` body
+    bytes; the header is mandatory on streams. CR/LF between messages (RFC 5626 §3.5.1
+    keep-alive pings and pongs) is skipped.
+
+    Args:
+        max_message: bytes a single message may take, head and body together.
+    """
+
+    def __init__(self, max_message: int = MAX_STREAM_MESSAGE) -> None:
+        self._buffer = bytearray()
+        self._max_message = max_message
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received that do not make a whole message yet."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add `data`; return every message now complete, in order.
+
+        Raises:
+            FramingError: no or a malformed Content-Length, or a message over the limit.
+                The framer is unusable afterwards (drop the connection).
+        """
+        self._buffer += data
+        messages: list[bytes] = []
+        while (message := self._next_message()) is not None:
+            messages.append(message)
+        return messages
+
+    def _next_message(self) -> bytes | None:
+        skip = len(self._buffer) - len(self._buffer.lstrip(b"\r\n"))
+        del self._buffer[:skip]
+        head_end = _HEAD_END_RE.search(self._buffer)
+        if head_end is None:
+            if len(self._buffer) > self._max_message:
+                raise FramingError(f"no end of headers within {self._max_message} bytes")
+            return None
+        head = bytes(self._buffer[: head_end.start()])
+        total = head_end.end() + content_length(head)
+        if total > self._max_message:
+            raise FramingError(f"message of {total} bytes is over {self._max_message}")
+        if len(self._buffer) < total:
+            return None
+        message = bytes(self._buffer[:total])
+        del self._buffer[:total]
+        return message
+
+
+def content_length(head: bytes) -> int:
+    """The Content-Length of a message head (`l` accepted), required on streams.
+
+    Raises:
+        FramingError: missing, not a number, or given twice with different values.
+    """
+    lines = _LINE_SPLIT_RE.split(head.decode("utf-8", errors="replace"))
+    values = {v.strip() for v in _parse_headers(lines[1:]).get("content-length", ())}
+    if not values:
+        raise FramingError("no Content-Length on a stream")
+    if len(values) > 1:
+        raise FramingError(f"conflicting Content-Length values {sorted(values)}")
+    value = values.pop()
+    if not _DIGITS_RE.fullmatch(value):
+        raise FramingError(f"bad Content-Length {value!r}")
+    return int(value)

@@ -7,11 +7,15 @@ import re
 
 import pytest
 
+from phoned.errors import PhonedError
 from phoned.sipmsg import (
     BRANCH_COOKIE,
+    FramingError,
     OptionsTemplate,
     SipResponse,
+    StreamFramer,
     build_options,
+    content_length,
     new_branch,
     new_call_id,
     new_tag,
@@ -290,3 +294,87 @@ def test_fuzz_mutated_responses_never_raise() -> None:
                 data[pos] = rng.choice(alphabet)
         result = parse_response(bytes(data))
         assert result is None or isinstance(result.status_code, int)
+
+
+# ------------------------------------------------------------------- stream framing
+
+
+def test_transport_tcp_and_tls_go_in_the_via() -> None:
+    for transport, proto in (("tcp", "TCP"), ("tls", "TLS")):
+        lines = options(transport=transport).decode().split("\r\n")
+        assert lines[1].startswith(f"Via: SIP/2.0/{proto} 192.0.2.7:40000;branch=")
+
+
+def test_framer_splits_back_to_back_messages_by_content_length() -> None:
+    first = response(*GOOD_HEADERS[:-1], "Content-Length: 5", body="v=0\r\n")
+    second = response(*GOOD_HEADERS)
+    framer = StreamFramer()
+    assert framer.feed(first + second) == [first, second]
+    assert framer.buffered == 0
+
+
+def test_framer_waits_for_the_whole_body_byte_by_byte() -> None:
+    message = response(*GOOD_HEADERS[:-1], "l: 5", body="v=0\r\n")
+    framer = StreamFramer()
+    out: list[bytes] = []
+    for i in range(len(message)):
+        out += framer.feed(message[i : i + 1])
+        if i < len(message) - 1:
+            assert out == []
+    assert out == [message]
+
+
+def test_framer_skips_crlf_keepalives_between_messages() -> None:
+    message = response(*GOOD_HEADERS)
+    framer = StreamFramer()
+    assert framer.feed(b"\r\n\r\n" + message + b"\r\n") == [message]
+    assert framer.feed(b"\r\n" + message) == [message]
+    assert framer.buffered == 0
+
+
+@pytest.mark.parametrize(
+    ("header", "problem"),
+    [
+        (None, "no Content-Length"),
+        ("Content-Length: ten", "bad Content-Length"),
+        ("Content-Length: -1", "bad Content-Length"),
+        ("Content-Length: 0\r\nl: 4", "conflicting"),
+    ],
+)
+def test_framer_refuses_a_message_it_cannot_delimit(header: str | None, problem: str) -> None:
+    extra = () if header is None else (header,)
+    message = response(*GOOD_HEADERS[:-1], *extra)
+    with pytest.raises(FramingError, match=problem):
+        StreamFramer().feed(message)
+
+
+def test_framer_accepts_repeated_equal_content_lengths() -> None:
+    assert content_length(b"SIP/2.0 200 OK\r\nContent-Length: 3\r\nl: 3") == 3
+
+
+def test_framer_refuses_an_endless_head_and_an_oversized_body() -> None:
+    with pytest.raises(FramingError, match="no end of headers"):
+        StreamFramer(max_message=100).feed(b"SIP/2.0 200 OK\r\nX: " + b"a" * 200)
+    with pytest.raises(FramingError, match="over 100"):
+        StreamFramer(max_message=100).feed(response(*GOOD_HEADERS[:-1], "Content-Length: 500"))
+
+
+def test_framing_error_is_a_phoned_value_error() -> None:
+    assert issubclass(FramingError, PhonedError)
+    assert issubclass(FramingError, ValueError)
+
+
+def test_fuzz_framer_never_raises_anything_but_framing_error() -> None:
+    rng = random.Random(18)  # noqa: S311 - seeded, reproducible fuzzing
+    seed = response(*GOOD_HEADERS) * 3
+    for _ in range(2000):
+        data = bytearray(seed)
+        for _ in range(rng.randrange(1, 6)):
+            pos = rng.randrange(len(data))
+            data[pos] = rng.choice(b"\r\n:0123456789lL ")
+        framer = StreamFramer(max_message=1000)
+        try:
+            for chunk in range(0, len(data), 37):
+                framer.feed(bytes(data[chunk : chunk + 37]))
+        except FramingError:
+            pass
