@@ -108,7 +108,7 @@ def parse_settings(text: str, source: str) -> Settings:
     server = _server(check, data)
     redundancy = _redundancy(check, data)
     settings = Settings(
-        account=_account(check, data, server.address),
+        account=_account(check, data),
         server=server,
         redundancy=redundancy,
         sip=_sip(check, data),
@@ -202,7 +202,7 @@ def _server(check: Checker, data: Table) -> ServerSettings:
     )
 
 
-def _account(check: Checker, data: Table, server_address: str) -> AccountSettings:
+def _account(check: Checker, data: Table) -> AccountSettings:
     path = ("account",)
     table = check.table(data, path, _TABLES["account"])
     check.require(table, path, "username")
@@ -215,7 +215,7 @@ def _account(check: Checker, data: Table, server_address: str) -> AccountSetting
         auth_username=check.take(table, path, "auth_username", rule.optional(rule.sip_user), "")
         or username,
         display_name=check.take(table, path, "display_name", rule.string, ""),
-        domain=check.take(table, path, "domain", rule.optional(rule.host), "") or server_address,
+        domain=check.take(table, path, "domain", rule.optional(rule.host), ""),
     )
 
 

@@ -31,7 +31,8 @@ class AccountSettings:
     auth_username: str = ""
     #: Display name in From headers; "" for none.
     display_name: str = ""
-    #: SIP domain of the AOR; defaults to `server.address`.
+    #: SIP domain of the AOR. "" (the default) = the address of the server in use, so that
+    #: on the backup the AOR, BLF and calls name the backup (SPEC §2).
     domain: str = ""
 
 

@@ -105,7 +105,7 @@ def test_minimal_file_takes_every_default() -> None:
     settings = parse_settings(BASE, "phoned.toml")
 
     assert settings.account.auth_username == "1001"  # default: username
-    assert settings.account.domain == "203.0.113.10"  # default: server.address
+    assert settings.account.domain == ""  # default: the address of the server in use
     assert (settings.server.port, settings.server.transport) == (5060, "udp")
     red = settings.redundancy
     assert not red.backup_destination
