@@ -12,7 +12,6 @@ import logging
 import queue
 import random
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -40,7 +39,7 @@ from phoned.events import (
 from phoned.failover import FailoverPolicy, PolicySettings
 from phoned.logfmt import log_event
 from phoned.monitor import KeepaliveMonitor
-from phoned.probe import ProbeTarget, UdpProber
+from phoned.resolve import make_prober
 from phoned.sip import (
     BlfChanged,
     CallChanged,
@@ -50,9 +49,9 @@ from phoned.sip import (
     RegState,
     SipEvent,
     SipIdentity,
-    SipTarget,
 )
 from phoned.status import StatusBoard
+from phoned.targets import call_sources, server_targets, sip_target
 
 log = logging.getLogger("phoned")
 
@@ -82,14 +81,6 @@ class _Command:
     error: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """Where one server is reached: its probe target and its SIP target."""
-
-    probe: ProbeTarget
-    sip: SipTarget
-
-
 def policy_settings(settings: Settings) -> PolicySettings:
     """The core's view of the `[redundancy]` settings."""
     red = settings.redundancy
@@ -101,51 +92,12 @@ def policy_settings(settings: Settings) -> PolicySettings:
     )
 
 
-def resolve(host: str) -> str:
-    """An IP literal for `host` (names are resolved once at start in this version)."""
-    try:
-        return str(socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0][4][0])
-    except (socket.gaierror, IndexError) as exc:
-        raise PhonedError(f"cannot resolve server address {host!r}: {exc}") from exc
-
-
-def endpoints(settings: Settings) -> dict[Server, Endpoint]:
-    """Probe and SIP targets of the primary and, when enabled, the backup (SPEC §3)."""
-    red, transport = settings.redundancy, settings.server.transport
-    found = {
-        Server.PRIMARY: _endpoint(
-            settings.server.address,
-            settings.server.port,
-            transport,
-            red.outbound_proxy,
-            red.outbound_proxy_port,
-        )
-    }
-    if settings.backup_enabled:
-        found[Server.BACKUP] = _endpoint(
-            red.backup_destination_address,
-            red.backup_destination_port,
-            transport,
-            red.backup_outbound_proxy,
-            red.backup_outbound_proxy_port,
-        )
-    return found
-
-
-def _endpoint(host: str, port: int, transport: str, proxy: str, proxy_port: int) -> Endpoint:
-    address = resolve(host)
-    return Endpoint(
-        ProbeTarget(address, port or 5060),
-        SipTarget(host, port or 5060, transport, (proxy, proxy_port) if proxy else None),
-    )
-
-
 class Supervisor:
     """Runs the phone until SIGTERM; `run()` returns the process exit code."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._endpoints = endpoints(settings)
+        self._targets = server_targets(settings)
         self._clock = MonotonicClock()
         self._actions: queue.SimpleQueue[Action] = queue.SimpleQueue()
         self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
@@ -153,7 +105,7 @@ class Supervisor:
         self._ready = False
         self.board = StatusBoard(
             settings.account.username,
-            {role: (e.probe.host, e.probe.port) for role, e in self._endpoints.items()},
+            {role: (t.probe.host, t.probe.port) for role, t in self._targets.items()},
             keepalive=settings.redundancy.sip_keep_alive_mode,
             interval_s=float(settings.redundancy.sip_keep_alive_interval),
         )
@@ -162,15 +114,18 @@ class Supervisor:
         policy = policy_settings(settings)
         # SPEC §1: start_0 at random within the first interval, so phones do not align.
         first_cycle_delay_s = random.uniform(0.0, policy.interval_s)  # noqa: S311 - not secret
+        self._prober = make_prober(
+            {role: t.probe for role, t in self._targets.items()},
+            transport=settings.server.transport,
+            tls_ca_file=settings.server.tls_ca_file,
+            from_user=settings.account.username,
+            domain=settings.account.domain or settings.server.address,
+            user_agent=settings.sip.user_agent,
+            clock=self._clock,
+        )
         self._monitor = KeepaliveMonitor(
             FailoverPolicy(policy, self._clock.now(), first_cycle_delay_s),
-            UdpProber(
-                {role: e.probe for role, e in self._endpoints.items()},
-                from_user=settings.account.username,
-                domain=settings.account.domain or settings.server.address,
-                user_agent=settings.sip.user_agent,
-                clock=self._clock,
-            ),
+            self._prober,
             self._clock,
             on_action=self._actions.put,
             observe=self._observe,
@@ -184,7 +139,7 @@ class Supervisor:
             signal.signal(signum, self._on_signal)
         try:
             self._sip.start()
-            self._sip.accept_calls_from(self._call_sources())
+            self._sip.accept_calls_from(call_sources(self._targets, self._prober.resolved))
         except PhonedError:
             self._control.stop()  # nothing else started yet
             raise
@@ -212,15 +167,6 @@ class Supervisor:
         if deadline is None:
             return _IDLE_POLL_MS
         return max(1, min(_IDLE_POLL_MS, int((deadline - now) * 1000) + 1))
-
-    def _call_sources(self) -> dict[Server, list[str]]:
-        """SPEC §2: calls are accepted from either server (and its outbound proxy)."""
-        sources: dict[Server, list[str]] = {}
-        for role, endpoint in self._endpoints.items():
-            sources[role] = [endpoint.probe.host]
-            if endpoint.sip.proxy is not None:
-                sources[role].append(resolve(endpoint.sip.proxy[0]))
-        return sources
 
     def stop(self) -> None:
         """Ask `run()` to return (thread-safe)."""
@@ -270,23 +216,25 @@ class Supervisor:
             if action.reason == "start"
             else ("failover" if action.server is Server.BACKUP else "failback")
         )
-        target = self._endpoints[action.server]
+        targets = self._targets[action.server]
+        sip = sip_target(targets, self._prober.resolved(action.server))
         log_event(
             log,
             "use_server",
-            f"{verb}: {action.reason} -> {action.server.value} "
-            f"{target.probe.host}:{target.probe.port}",
+            f"{verb}: {action.reason} -> {action.server.value} {targets.label}",
             server=action.server.value,
             previous=previous.value,
+            sip=f"{sip.host}:{sip.port}",
         )
         self.board.set_active(action.server, action.reason)
-        self._sip.use_server(action.server, target.sip)
+        self._sip.accept_calls_from(call_sources(self._targets, self._prober.resolved))
+        self._sip.use_server(action.server, sip)
         self._publish_status()
 
     def _cycle_judged(self, action: CycleJudged) -> None:
         self.board.set_cycle(action.cycle, action.verdicts)
         for verdict in action.verdicts:
-            target = self._endpoints[verdict.server].probe
+            target = self._targets[verdict.server].probe
             log_event(
                 log,
                 "cycle",
@@ -338,7 +286,7 @@ class Supervisor:
             user = self._settings.account.auth_username or self._settings.account.username
             detail = f"{event.server.value} rejected credentials for {user} ({detail})"
         self.board.set_registration(event.server, event.state.value, detail)
-        target = self._endpoints[event.server].probe
+        target = self._targets[event.server].probe
         log_event(
             log,
             "registration",
@@ -368,7 +316,7 @@ class Supervisor:
     # -- probes and answers (on the monitor thread: log only) ------------------------
     def _observe(self, item: Event | SendProbe, _now: float) -> None:
         if isinstance(item, SendProbe):
-            target = self._endpoints[item.server].probe
+            target = self._targets[item.server].probe
             log_event(
                 log,
                 "probe_sent",
