@@ -10,11 +10,12 @@ structured log lines. Nothing here reaches into the service's internals.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,28 +25,18 @@ from phoned.lab.netns import PBX1_IP, PBX2_IP, PHONE_IP, Lab, poll_until
 from phoned.lab.pcap import Packet, sip_summary
 from phoned.logfmt import parse
 
-BASE_CONFIG = """\
-[account]
-username = "1001"
-password = "lab-secret"
-
-[server]
-address = "{primary}"
-
-[redundancy]
-backup_destination = {backup_enabled}
-backup_destination_address = "{backup}"
-sip_keep_alive_interval = {interval}
-failback_cycles = {failback_cycles}
-
-[service]
-control_socket = "{workdir}/control.sock"
-state_dir = "{workdir}"
-"""
+#: A TOML value `write_config` can render.
+TomlValue = str | int | bool | Sequence[str]
+#: Settings by table, then key: `{"redundancy": {"outbound_proxy": "192.0.2.21"}}`.
+SettingsTables = Mapping[str, Mapping[str, TomlValue]]
 
 
-def write_config(workdir: Path, **overrides: object) -> Path:
-    """A settings file for the lab's addresses; keyword arguments override the defaults."""
+def base_settings(workdir: Path, **overrides: object) -> dict[str, dict[str, TomlValue]]:
+    """The lab phone's settings: account 1001, primary pbx1, backup pbx2, 2 s cycles.
+
+    Keyword arguments (the issue-2 knobs): `primary`, `backup`, `backup_enabled` ("true"
+    or "false", or a bool), `interval`, `failback_cycles`, `workdir`.
+    """
     values: dict[str, object] = {
         "primary": PBX1_IP,
         "backup": PBX2_IP,
@@ -54,9 +45,58 @@ def write_config(workdir: Path, **overrides: object) -> Path:
         "failback_cycles": 1,
         "workdir": workdir,
     }
+    unknown = set(overrides) - set(values)
+    if unknown:
+        raise LabError(f"write_config: unknown override(s) {sorted(unknown)}")
     values.update(overrides)
+    return {
+        "account": {"username": "1001", "password": "lab-secret"},
+        "server": {"address": str(values["primary"])},
+        "redundancy": {
+            "backup_destination": str(values["backup_enabled"]).lower() == "true",
+            "backup_destination_address": str(values["backup"]),
+            "sip_keep_alive_interval": int(str(values["interval"])),
+            "failback_cycles": int(str(values["failback_cycles"])),
+        },
+        "service": {
+            "control_socket": f"{values['workdir']}/control.sock",
+            "state_dir": str(values["workdir"]),
+        },
+    }
+
+
+def render_toml(tables: SettingsTables) -> str:
+    """TOML text of flat tables (strings, integers, booleans and lists of strings)."""
+    chunks = []
+    for table, keys in tables.items():
+        lines = [f"[{table}]", *(f"{key} = {_toml(value)}" for key, value in keys.items())]
+        chunks.append("\n".join(lines) + "\n")
+    return "\n".join(chunks)
+
+
+def _toml(value: TomlValue) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a TOML basic string
+    return "[" + ", ".join(json.dumps(item) for item in value) + "]"
+
+
+def write_config(
+    workdir: Path, *, settings: SettingsTables | None = None, **overrides: object
+) -> Path:
+    """A settings file for the lab's addresses, written to `workdir/phoned.toml`.
+
+    `overrides` are `base_settings`' knobs; `settings` then adds or replaces keys per
+    table (e.g. `{"sip": {"auto_answer": True}, "blf": {"keys": ["1002"]}}`).
+    """
+    tables = base_settings(workdir, **overrides)
+    for table, keys in (settings or {}).items():
+        tables.setdefault(table, {}).update(keys)
     path = workdir / "phoned.toml"
-    path.write_text(BASE_CONFIG.format(**values))
+    path.write_text(render_toml(tables))
     return path
 
 
@@ -65,6 +105,7 @@ class RunningPhone:
 
     def __init__(self, lab: Lab, workdir: Path, config: Path) -> None:
         self.workdir = workdir
+        self.config = config
         self.log_path = workdir / "phoned.log"
         self._log = self.log_path.open("wb")
         argv = [sys.executable, "-m", "phoned", "run", "--config", str(config)]
@@ -98,6 +139,28 @@ class RunningPhone:
         except TimeoutError:
             message = f"no event={name} {fields} in {timeout_s} s:\n{self.tail()}"
             raise LabError(message) from None
+
+    def wait_count(self, name: str, count: int, timeout_s: float, **fields: str) -> None:
+        """Wait until at least `count` log records `event=name` with these fields exist."""
+        try:
+            poll_until(
+                lambda: len(self.events(name, **fields)) >= count,
+                timeout_s=timeout_s,
+                interval_s=0.05,
+            )
+        except TimeoutError:
+            found = len(self.events(name, **fields))
+            message = f"{found} of {count} event={name} {fields} in {timeout_s} s:\n{self.tail()}"
+            raise LabError(message) from None
+
+    def cli(self, *args: str, timeout_s: float = 10.0) -> subprocess.CompletedProcess[str]:
+        """Run `phoned <args> --config <this phone's settings>` to completion (any exit code).
+
+        The CLI talks to the service over the control socket (a file): it runs here, not
+        in the phone namespace.
+        """
+        argv = [sys.executable, "-m", "phoned", *args, "--config", str(self.config)]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
 
     def status(self) -> dict[str, Any]:
         """`phoned status --json`, through the control socket."""
