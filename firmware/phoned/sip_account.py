@@ -29,6 +29,7 @@ import pjsua2._pjsua2 as pj_native
 
 from phoned.blf import BlfState
 from phoned.events import Server
+from phoned.pjsip_hooks import TX_CALLBACK, PjsipModule, PjStr, pjsua_library
 
 log = logging.getLogger("phoned.sip")
 
@@ -291,15 +292,13 @@ class TxGate:
         Raises:
             OSError: the extension's symbols could not be found or the module refused.
         """
-        self._lib = ctypes.CDLL(pj_native.__file__)
-        self._lib.pjsua_get_pjsip_endpt.restype = ctypes.c_void_p
-        for name in ("pjsip_endpt_register_module", "pjsip_endpt_unregister_module"):
-            getattr(self._lib, name).argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        self._lib = pjsua_library()
         self._muted = False
         self.refused = 0  #: requests kept off the wire so far
-        self._callback = _TX_REQUEST(self._on_tx_request)
-        self._module = _PjsipModule(
-            name=_PjStr(self._NAME, len(self._NAME)),
+        self._callback = TX_CALLBACK(self._on_tx_request)
+        self._name = ctypes.create_string_buffer(self._NAME)
+        self._module = PjsipModule(
+            name=PjStr(ctypes.addressof(self._name), len(self._NAME)),
             id=-1,
             priority=33,  # above the dialog layer (32): refused before anything prints it
             on_tx_request=self._callback,
@@ -336,31 +335,3 @@ def quiet_pjlib(level: int) -> None:
     """Lower pjlib's log level before `libCreate` so its banner stays off stdout."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(pj_native.__file__).pj_log_set_level(ctypes.c_int(level))
-
-
-class _PjStr(ctypes.Structure):
-    _fields_ = (("ptr", ctypes.c_char_p), ("slen", ctypes.c_ssize_t))
-
-
-_TX_REQUEST = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
-
-
-class _PjsipModule(ctypes.Structure):
-    """`struct pjsip_module` (pjsip/sip_module.h, unchanged through 2.15)."""
-
-    _fields_ = (
-        ("prev", ctypes.c_void_p),
-        ("next", ctypes.c_void_p),
-        ("name", _PjStr),
-        ("id", ctypes.c_int),
-        ("priority", ctypes.c_int),
-        ("load", ctypes.c_void_p),
-        ("start", ctypes.c_void_p),
-        ("stop", ctypes.c_void_p),
-        ("unload", ctypes.c_void_p),
-        ("on_rx_request", ctypes.c_void_p),
-        ("on_rx_response", ctypes.c_void_p),
-        ("on_tx_request", _TX_REQUEST),
-        ("on_tx_response", ctypes.c_void_p),
-        ("on_tsx_state", ctypes.c_void_p),
-    )
