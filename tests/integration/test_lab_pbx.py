@@ -191,6 +191,7 @@ def test_call_to_a_routed_extension_reaches_the_peer_which_hangs_up(
     caller = make_caller("pbx2", "2000", hangup_after_ms=None)
 
     assert caller.wait(WAIT_S) == 0
+    poll_until(peer.byes_sent, timeout_s=WAIT_S)  # logged once the caller's 200 is in
     assert (peer.calls_answered(), peer.byes_sent()) == (1, 1)
     assert caller.byes_received() == 1
     byes = [r for r in pbx.requests() if r.startswith("BYE ")]

@@ -140,12 +140,13 @@ def test_failover_keeps_the_call_up_until_the_peer_hangs_up(
             ]
             assert [s.kind for s in sent if s is not None and s.method == "REGISTER"] == []
             wait_for(lambda: not phone.stack.calls(), phone.stack, timeout_s=5.0)
+            # the phone answered the peer's BYE with 200 (sipp logs it once the 200 is in;
+            # ask before stopping sipp, which may not have logged it yet)
+            assert poll_until(phone.stack, lambda: peer.byes_sent() == 1, 2.0)
     finally:
         peer.stop()
 
     assert states_of(phone, call_id)[-1] is CallState.ENDED
-    # the phone answered the peer's BYE with 200 (sipp logs it once the 200 is in)
-    assert poll_until(phone.stack, lambda: peer.byes_sent() == 1, 2.0)
     assert phone.stack.registration(Server.BACKUP) is RegState.REGISTERED
 
 
