@@ -19,6 +19,8 @@ from phoned.lab.kamailio import KamailioPbx
 from phoned.lab.netns import ns_argv
 
 TABLE = "phoned_lab"
+#: Transports a drop rule can match (TCP drops SYNs too: connections go silent).
+PROTOCOLS = ("udp", "tcp")
 
 
 def table_name(netns: str | None) -> str:
@@ -40,10 +42,12 @@ def _nft(netns: str | None, script: str) -> None:
         raise LabError(f"faults: nft in {where} failed: {done.stderr.strip()}")
 
 
-def _drop_rule(port: int, host: str | None, loss_percent: int | None) -> str:
+def _drop_rule(port: int, host: str | None, loss_percent: int | None, proto: str = "udp") -> str:
+    if proto not in PROTOCOLS:
+        raise LabError(f"faults: proto must be one of {PROTOCOLS}, got {proto!r}")
     match = f"ip daddr {host} " if host else ""
     chance = f"numgen random mod 100 < {loss_percent} " if loss_percent is not None else ""
-    return f"{match}udp dport {port} {chance}drop"
+    return f"{match}{proto} dport {port} {chance}drop"
 
 
 def _apply(netns: str | None, rule: str, host: str | None) -> None:
@@ -60,18 +64,23 @@ def _apply(netns: str | None, rule: str, host: str | None) -> None:
     )
 
 
-def blackhole(netns: str | None, port: int = 5060, *, host: str | None = None) -> None:
-    """Drop every incoming UDP datagram to `port` in `netns`: the server goes silent.
+def blackhole(
+    netns: str | None, port: int = 5060, *, host: str | None = None, proto: str = "udp"
+) -> None:
+    """Drop every incoming UDP datagram (or TCP segment) to `port` in `netns`: the server
+    goes silent.
 
     Args:
         netns: the *server's* namespace (None: the current one; then `host` is required).
-        port: UDP port to silence.
-        host: only datagrams to this address (needed on shared loopback).
+        port: port to silence.
+        host: only packets to this address (needed on shared loopback).
+        proto: "udp" (default) or "tcp" (SYNs included: new connections hang, open ones
+            go silent).
 
     Raises:
-        LabError: nft failed, or `netns` and `host` are both None.
+        LabError: nft failed, `proto` is unknown, or `netns` and `host` are both None.
     """
-    _apply(netns, _drop_rule(port, host, None), host)
+    _apply(netns, _drop_rule(port, host, None, proto), host)
 
 
 def lossy(
@@ -98,10 +107,12 @@ class Faults:
     #: PBXs frozen and not yet thawed.
     frozen: list[KamailioPbx] = field(default_factory=list)
 
-    def blackhole(self, netns: str | None, port: int = 5060, *, host: str | None = None) -> None:
+    def blackhole(
+        self, netns: str | None, port: int = 5060, *, host: str | None = None, proto: str = "udp"
+    ) -> None:
         """`blackhole()`, remembered for `undo_all()`."""
         self.filtered.add(netns)
-        blackhole(netns, port, host=host)
+        blackhole(netns, port, host=host, proto=proto)
 
     def lossy(
         self, netns: str | None, loss_percent: int, port: int = 5060, *, host: str | None = None

@@ -205,11 +205,13 @@ class RunningPhone:
         return "\n".join(self.lines()[-count:])
 
 
-def sip_from_phone(packets: list[Packet], dst: str, method: str) -> list[Packet]:
-    """Requests `method` sent by the phone to `dst:5060`, in capture order."""
+def sip_from_phone(
+    packets: list[Packet], dst: str, method: str, *, dport: int = 5060
+) -> list[Packet]:
+    """Requests `method` sent by the phone over UDP to `dst:dport`, in capture order."""
     found = []
     for packet in packets:
-        if packet.src != PHONE_IP or packet.dst != dst or packet.dport != 5060:
+        if packet.src != PHONE_IP or packet.dst != dst or packet.dport != dport:
             continue
         summary = sip_summary(packet.payload)
         if summary is not None and summary.method == method:
