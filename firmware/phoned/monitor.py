@@ -24,7 +24,7 @@ from typing import Protocol
 
 from phoned.clock import Clock
 from phoned.events import Action, Event, SendProbe, Server
-from phoned.failover import FailoverPolicy
+from phoned.failover import FailoverPolicy, PolicyError
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,15 @@ class KeepaliveMonitor:
 
     # -- the thread --------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception:
+            # The supervisor sees the thread gone, stops pinging the watchdog and exits 1
+            # so that systemd restarts the service; say why first.
+            log.exception("keepalive: thread crashed")
+            raise
+
+    def _loop(self) -> None:
         self._dispatch(self._policy.start(self._clock.now()))
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
@@ -171,7 +180,12 @@ class KeepaliveMonitor:
             now = self._clock.now()
             if self._observe is not None:
                 self._observe(event, now)
-            self._dispatch(self._policy.handle(event, now))
+            try:
+                actions = self._policy.handle(event, now)
+            except PolicyError as exc:  # one odd event must not stop the probing
+                log.error("keepalive: %s ignored: %s", type(event).__name__, exc)
+                continue
+            self._dispatch(actions)
 
     def _dispatch(self, actions: list[Action]) -> None:
         for action in actions:

@@ -1,0 +1,85 @@
+"""The keep-alive thread: carries the core's probes out and events in, and survives an
+event the core refuses (a bug elsewhere must not stop the probing)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Sequence
+
+import pytest
+
+from phoned.clock import MonotonicClock
+from phoned.events import Action, Event, ProbeAnswered, Server, UseServer
+from phoned.failover import FailoverPolicy, PolicySettings
+from phoned.monitor import KeepaliveMonitor
+
+
+class RecordingProber:
+    """A prober without sockets: records each send; can answer with a bogus event."""
+
+    def __init__(self, reply: list[Event] | None = None) -> None:
+        self.sent: list[tuple[Server, int, int]] = []
+        self.third_attempt = threading.Event()
+        self._reply = reply or []
+
+    def sockets(self) -> Sequence[socket.socket]:
+        return []
+
+    def writers(self) -> Sequence[socket.socket]:
+        return []
+
+    def prepare(self, _next_cycle_at: float | None, _now: float) -> float | None:
+        return None
+
+    def send(self, server: Server, cycle: int, attempt: int) -> list[Event]:
+        self.sent.append((server, cycle, attempt))
+        if attempt == 3:
+            self.third_attempt.set()
+        return self._reply if attempt == 1 else []
+
+    def receive(self, _sock: socket.socket) -> list[Event]:
+        return []
+
+    def writable(self, _sock: socket.socket) -> list[Event]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def run_until_third_attempt(prober: RecordingProber) -> tuple[list[Action], bool]:
+    clock = MonotonicClock()
+    actions: list[Action] = []
+    policy = FailoverPolicy(PolicySettings(interval_s=5.0), clock.now(), first_cycle_delay_s=0.0)
+    monitor = KeepaliveMonitor(policy, prober, clock, on_action=actions.append)
+    monitor.start()
+    try:
+        assert prober.third_attempt.wait(timeout=3.0), prober.sent
+        alive = monitor.alive
+    finally:
+        monitor.stop()
+    return actions, alive
+
+
+def test_a_silent_server_gets_three_attempts_from_the_thread() -> None:
+    prober = RecordingProber()
+
+    actions, alive = run_until_third_attempt(prober)
+
+    assert actions[0] == UseServer(Server.PRIMARY, "start")
+    assert prober.sent == [(Server.PRIMARY, 0, 1), (Server.PRIMARY, 0, 2), (Server.PRIMARY, 0, 3)]
+    assert alive
+
+
+def test_an_event_the_core_refuses_is_logged_and_probing_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bogus = ProbeAnswered(Server.BACKUP, cycle=99, attempt=1, status_code=200, rtt_ms=1.0)
+    prober = RecordingProber(reply=[bogus])  # backup is not probed, cycle 99 never ran
+
+    _, alive = run_until_third_attempt(prober)
+
+    assert alive
+    assert [attempt for _, _, attempt in prober.sent] == [1, 2, 3]
+    assert "keepalive: ProbeAnswered ignored" in caplog.text
