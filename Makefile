@@ -31,6 +31,7 @@ integration: deps
 
 bench: deps
 	$(BIN)/python scripts/bench-failover
+	$(BIN)/python scripts/bench-grid
 
 $(STAMP)/apt: Makefile
 	@mkdir -p $(STAMP)
