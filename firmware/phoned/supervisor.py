@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from phoned import sdnotify
+from phoned import journal, sdnotify
 from phoned.clock import MonotonicClock
 from phoned.config import Settings
 from phoned.control import ControlServer
@@ -32,7 +32,6 @@ from phoned.events import (
     ProbeFailed,
     RegistrationFailed,
     SendProbe,
-    Server,
     ServiceChanged,
     UseServer,
 )
@@ -200,32 +199,13 @@ class Supervisor:
             self._cycle_judged(action)
         elif isinstance(action, ServiceChanged):
             self.board.set_service(action.service)
-            log_event(
-                log,
-                "service",
-                f"service: {action.reason} -> {action.service.value}",
-                level=logging.WARNING if action.service.value == "no_service" else logging.INFO,
-                service=action.service.value,
-            )
+            journal.service(action)
             self._publish_status()
 
     def _use_server(self, action: UseServer) -> None:
-        previous = self.board.active
-        verb = (
-            "start"
-            if action.reason == "start"
-            else ("failover" if action.server is Server.BACKUP else "failback")
-        )
         targets = self._targets[action.server]
         sip = sip_target(targets, self._prober.resolved(action.server))
-        log_event(
-            log,
-            "use_server",
-            f"{verb}: {action.reason} -> {action.server.value} {targets.label}",
-            server=action.server.value,
-            previous=previous.value,
-            sip=f"{sip.host}:{sip.port}",
-        )
+        journal.switch(action, self.board.active, targets.label, f"{sip.host}:{sip.port}")
         self.board.set_active(action.server, action.reason)
         self._sip.accept_calls_from(call_sources(self._targets, self._prober.resolved))
         self._sip.use_server(action.server, sip)
@@ -234,19 +214,7 @@ class Supervisor:
     def _cycle_judged(self, action: CycleJudged) -> None:
         self.board.set_cycle(action.cycle, action.verdicts)
         for verdict in action.verdicts:
-            target = self._targets[verdict.server].probe
-            log_event(
-                log,
-                "cycle",
-                f"cycle {action.cycle}: {verdict.server.value} {target.host} "
-                f"{'up' if verdict.up else 'DOWN'}, {verdict.reason}",
-                cycle=action.cycle,
-                server=verdict.server.value,
-                up=verdict.up,
-                attempts=verdict.attempts,
-                rtt_ms=verdict.rtt_ms,
-                status=verdict.status_code,
-            )
+            journal.verdict(action.cycle, verdict, self._targets[verdict.server].probe.host)
         self._mark_ready()
 
     # -- events from pjsua2 (on this thread) ------------------------------------------
@@ -257,28 +225,11 @@ class Supervisor:
             self._on_call(event.call)
         elif isinstance(event, BlfChanged):
             self.board.set_blf(event.ext, event.state.value)
-            log_event(
-                log,
-                "blf",
-                f"blf: {event.ext} {event.state.value}",
-                ext=event.ext,
-                state=event.state.value,
-            )
+            journal.blf(event)
 
     def _on_call(self, call: CallInfo) -> None:
         self.board.set_call(call.call_id, None if call.state.value == "ended" else _call_dict(call))
-        detail = f" ({call.code} {call.reason})" if call.code else ""
-        log_event(
-            log,
-            "call",
-            f"call {call.call_id}: {call.direction.value} {call.remote_uri} via "
-            f"{call.server.value} {call.state.value}{detail}",
-            call_id=call.call_id,
-            state=call.state.value,
-            server=call.server.value,
-            direction=call.direction.value,
-            code=call.code or None,
-        )
+        journal.call(call)
 
     def _on_registration(self, event: RegistrationChanged) -> None:
         detail = f"{event.code} {event.reason}" if event.code else event.reason
@@ -286,17 +237,7 @@ class Supervisor:
             user = self._settings.account.auth_username or self._settings.account.username
             detail = f"{event.server.value} rejected credentials for {user} ({detail})"
         self.board.set_registration(event.server, event.state.value, detail)
-        target = self._targets[event.server].probe
-        log_event(
-            log,
-            "registration",
-            f"registration: {event.server.value} {target.host} {event.state.value}"
-            + (f" ({detail})" if detail else ""),
-            level=logging.WARNING if event.state is RegState.FAILED else logging.INFO,
-            server=event.server.value,
-            state=event.state.value,
-            code=event.code,
-        )
+        journal.registration(event, self._targets[event.server].probe.host, detail)
         if event.state is RegState.REGISTERED:
             self._mark_ready()
         dead = event.state is RegState.FAILED and event.code in _REGISTRATION_DEAD_CODES
@@ -315,38 +256,8 @@ class Supervisor:
 
     # -- probes and answers (on the monitor thread: log only) ------------------------
     def _observe(self, item: Event | SendProbe, _now: float) -> None:
-        if isinstance(item, SendProbe):
-            target = self._targets[item.server].probe
-            log_event(
-                log,
-                "probe_sent",
-                f"probe: OPTIONS #{item.attempt} to {item.server.value} {target.host}",
-                level=logging.INFO if item.attempt > 1 else logging.DEBUG,
-                server=item.server.value,
-                cycle=item.cycle,
-                attempt=item.attempt,
-            )
-        elif isinstance(item, ProbeAnswered):
-            log_event(
-                log,
-                "probe_answer",
-                f"probe: {item.server.value} answered {item.status_code} in {item.rtt_ms:.1f} ms",
-                level=logging.DEBUG if item.status_code < 300 else logging.INFO,
-                server=item.server.value,
-                cycle=item.cycle,
-                attempt=item.attempt,
-                status=item.status_code,
-                rtt_ms=item.rtt_ms,
-            )
-        elif isinstance(item, ProbeFailed):
-            log_event(
-                log,
-                "probe_failed",
-                f"probe: {item.server.value} attempt {item.attempt}: {item.reason}",
-                server=item.server.value,
-                cycle=item.cycle,
-                attempt=item.attempt,
-            )
+        if isinstance(item, SendProbe | ProbeAnswered | ProbeFailed):
+            journal.probe(item, self._targets[item.server].probe.host)
 
     # -- control socket (on the control thread; pjsua2 work is handed over) ------------
     def _on_control(self, request: dict[str, Any]) -> dict[str, Any]:
