@@ -7,12 +7,19 @@ import pytest
 from phoned.errors import LabError
 from phoned.lab.pcap import Packet
 from phoned.lab.timing import (
+    Segment,
+    attempt_starts,
+    blf_timing,
     cpu_percent,
     cpu_ticks,
     failover_timing,
+    first_sends,
+    header,
     requests,
     response_to,
+    stream_failover_timing,
     summarize,
+    tcp_segments,
     vm_rss_kib,
 )
 
@@ -20,15 +27,18 @@ PHONE, PRIMARY, BACKUP = "192.0.2.2", "192.0.2.11", "192.0.2.12"
 T0 = 1000.0  # the failing cycle's start
 
 
-def request(ts: float, dst: str, method: str, call_id: str, cseq: int) -> Packet:
+def request(
+    ts: float, dst: str, method: str, call_id: str, cseq: int, extra: str = "", src: str = PHONE
+) -> Packet:
     payload = (
         f"{method} sip:{dst}:5060 SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP {PHONE}:5060;branch=z9hG4bK{call_id}{cseq}\r\n"
+        f"Via: SIP/2.0/UDP {src}:5060;branch=z9hG4bK{call_id}{cseq}\r\n"
         f"Call-ID: {call_id}\r\n"
         f"CSeq: {cseq} {method}\r\n"
+        f"{extra}"
         "Content-Length: 0\r\n\r\n"
     ).encode()
-    return Packet(ts, PHONE, 5060, dst, 5060, payload)
+    return Packet(ts, src, 5060, dst, 5060, payload)
 
 
 def response(
@@ -69,6 +79,23 @@ def test_failover_timing_finds_the_failing_cycle_and_measures_from_its_deadline(
     assert timing.register_after_deadline_s == pytest.approx(0.004)
     assert timing.registered_after_deadline_s == pytest.approx(0.0046)
     assert timing.registered_at == pytest.approx(T0 + 1.6046)
+
+
+def test_after_a_401_the_200_to_the_authenticated_retry_counts() -> None:
+    packets = [p for p in failover_capture() if not p.payload.startswith(b"SIP/2.0 200")]
+    register = T0 + 1.604
+    packets += [
+        response(register + 0.0005, BACKUP, 401, "reg", "7 REGISTER"),
+        request(register + 0.001, BACKUP, "REGISTER", "reg", 8),
+        response(register + 0.0016, BACKUP, 200, "reg", "8 REGISTER"),
+        request(register + 0.002, BACKUP, "REGISTER", "other", 1),  # another registration
+        response(register + 0.0021, BACKUP, 200, "other", "1 REGISTER"),
+    ]
+
+    timing = failover_timing(packets, phone=PHONE, primary=PRIMARY, backup=BACKUP)
+
+    assert timing.register_after_deadline_s == pytest.approx(0.004)
+    assert timing.registered_after_deadline_s == pytest.approx(0.0056)
 
 
 def test_a_register_sent_before_the_deadline_gives_a_negative_delay() -> None:
@@ -154,3 +181,190 @@ def test_vm_rss_kib_reads_the_vmrss_line() -> None:
     assert vm_rss_kib(status) == 35916
     with pytest.raises(ValueError, match="VmRSS"):
         vm_rss_kib("Name:\tpython\nState:\tZ (zombie)\n")
+
+
+# --------------------------------------------------------------------------- BLF
+
+DEADLINE = T0 + 1.6
+DIALOG = "Event: dialog\r\nExpires: 3600\r\n"
+
+
+def resubscription(key: int, sent: float, ok_after: float, notify_after: float) -> list[Packet]:
+    """One key's SUBSCRIBE to the backup: 407, the authenticated retry, 200, first NOTIFY."""
+    call_id = f"blf{key}"
+    first = request(sent, BACKUP, "SUBSCRIBE", call_id, 1, DIALOG)
+    retry = request(sent + 0.001, BACKUP, "SUBSCRIBE", call_id, 2, DIALOG)
+    ok_at = retry.ts + ok_after
+    return [
+        first,
+        response(sent + 0.0005, BACKUP, 407, call_id, "1 SUBSCRIBE"),
+        retry,
+        response(ok_at, BACKUP, 200, call_id, "2 SUBSCRIBE"),
+        request(ok_at + notify_after, PHONE, "NOTIFY", call_id, 1, src=BACKUP),
+    ]
+
+
+def blf_capture(keys: int) -> list[Packet]:
+    """`keys` re-subscriptions, key k sent 2 ms after key k-1, starting at deadline + 5 ms."""
+    packets = [
+        p
+        for k in range(keys)
+        for p in resubscription(k, DEADLINE + 0.005 + 0.002 * k, 0.0004, 0.0003)
+    ]
+    return sorted(packets, key=lambda p: p.ts)
+
+
+def test_blf_timing_measures_the_last_200_and_the_last_first_notify_after_the_deadline() -> None:
+    timing = blf_timing(blf_capture(10), phone=PHONE, backup=BACKUP, deadline=DEADLINE, keys=10)
+
+    assert timing.subscriptions == 10
+    last_retry = 0.005 + 0.002 * 9 + 0.001
+    assert timing.confirmed_after_deadline_s == pytest.approx(last_retry + 0.0004)
+    assert timing.notified_after_deadline_s == pytest.approx(last_retry + 0.0007)
+
+
+def test_blf_timing_counts_only_200s_to_dialog_subscriptions_on_the_backup() -> None:
+    packets = blf_capture(2)
+    decoys = [
+        # before the deadline (on the primary in a real run): not a re-subscription
+        *resubscription(7, DEADLINE - 1.0, 0.0004, 0.0003),
+        # presence, not BLF
+        request(DEADLINE + 0.5, BACKUP, "SUBSCRIBE", "pres", 1, "Event: presence\r\n"),
+        response(DEADLINE + 0.501, BACKUP, 200, "pres", "1 SUBSCRIBE"),
+        # an un-SUBSCRIBE
+        request(DEADLINE + 0.6, BACKUP, "SUBSCRIBE", "bye", 3, "Event: dialog\r\nExpires: 0\r\n"),
+        response(DEADLINE + 0.601, BACKUP, 200, "bye", "3 SUBSCRIBE"),
+    ]
+
+    timing = blf_timing([*packets, *decoys], phone=PHONE, backup=BACKUP, deadline=DEADLINE, keys=2)
+
+    assert timing.subscriptions == 2
+    assert timing.confirmed_after_deadline_s == pytest.approx(0.005 + 0.002 + 0.001 + 0.0004)
+
+
+def test_blf_timing_refuses_a_key_answered_only_with_407() -> None:
+    packets = [p for p in blf_capture(3) if not (p.payload.startswith(b"SIP/2.0 200") and
+                                                   b"Call-ID: blf2" in p.payload)]  # fmt: skip
+
+    with pytest.raises(LabError, match="2 of 3 BLF subscriptions confirmed"):
+        blf_timing(packets, phone=PHONE, backup=BACKUP, deadline=DEADLINE, keys=3)
+
+
+def test_blf_timing_refuses_a_subscription_without_its_notify() -> None:
+    packets = [p for p in blf_capture(3) if not p.payload.startswith(b"NOTIFY")]
+
+    with pytest.raises(LabError, match="0 of 3 subscriptions notified"):
+        blf_timing(packets, phone=PHONE, backup=BACKUP, deadline=DEADLINE, keys=3)
+
+
+def test_header_reads_a_header_and_the_compact_event() -> None:
+    packet = request(T0, BACKUP, "SUBSCRIBE", "x", 1, "o: dialog;id=4\r\nExpires: 60\r\n")
+
+    assert header(packet.payload, "event") == "dialog;id=4"
+    assert header(packet.payload, "expires") == "60"
+    assert header(packet.payload, "accept") is None
+
+
+# --------------------------------------------------------------------------- TCP and TLS
+
+PORT = 5061
+
+
+def tcp_line(ts: float, src: str, sport: int, dst: str, flags: str, seq: str, length: int) -> str:
+    """A line as `tcpdump -tt -n -r` prints it for a capture on `any`."""
+    seq_part = f", seq {seq}" if seq else ""
+    return (
+        f"{ts:.6f} eth0  Out IP {src}.{sport} > {dst}.{PORT}: Flags [{flags}]{seq_part}, "
+        f"ack 1, win 502, options [nop,nop,TS val 1 ecr 2], length {length}"
+    )
+
+
+def test_tcp_segments_reads_syns_data_and_acks_and_skips_other_lines() -> None:
+    text = "\n".join([
+        tcp_line(T0, PHONE, 40001, PRIMARY, "S", "3115637881", 0),
+        tcp_line(T0 + 0.1, PHONE, 40001, PRIMARY, "P.", "1:520", 519) + ": SIP: OPTIONS sip:x",
+        tcp_line(T0 + 0.2, PHONE, 40001, PRIMARY, ".", "", 0),
+        f"{T0:.6f} eth0  Out IP6 2001:db8::2.40001 > 2001:db8::11.5061: Flags [S], length 0",
+        "reading from file x.pcap, link-type LINUX_SLL2",
+    ])  # fmt: skip
+
+    syn, data, ack = tcp_segments(text)
+
+    assert (syn.ts, syn.src, syn.sport, syn.dst, syn.dport) == (T0, PHONE, 40001, PRIMARY, PORT)
+    assert (syn.syn, syn.seq, syn.length) == (True, "3115637881", 0)
+    assert (data.syn, data.flags, data.seq, data.length) == (False, "P.", "1:520", 519)
+    assert (ack.seq, ack.length) == ("", 0)
+
+
+def test_first_sends_leaves_out_retransmissions_keepalives_and_other_peers() -> None:
+    text = "\n".join([
+        tcp_line(T0 - 5, PHONE, 40001, PRIMARY, "S", "76", 0),  # opens the kept connection
+        tcp_line(T0, PHONE, 40001, PRIMARY, "P.", "1:520", 519),  # a probe on it
+        tcp_line(T0 + 0.1, PHONE, 39999, PRIMARY, "P.", "9:530", 521),  # opened before capture
+        tcp_line(T0 + 0.2, PHONE, 40001, PRIMARY, "P.", "1:520", 519),  # its retransmission
+        tcp_line(T0 + 0.3, PHONE, 40001, PRIMARY, "P.", "520:546", 26),  # a TLS keep-alive
+        tcp_line(T0 + 0.8, PHONE, 40002, PRIMARY, "S", "77", 0),  # a new connection
+        tcp_line(T0 + 1.8, PHONE, 40002, PRIMARY, "S", "77", 0),  # its SYN again
+        tcp_line(T0 + 0.9, PHONE, 40003, BACKUP, "S", "78", 0),  # another server
+        tcp_line(T0 + 1.0, PRIMARY, 5061, PHONE, "P.", "1:400", 399),  # the other direction
+    ])  # fmt: skip
+
+    sent = first_sends(tcp_segments(text), src=PHONE, dst=PRIMARY, dport=PORT)
+
+    assert sent == pytest.approx([T0 - 5, T0, T0 + 0.8])
+
+
+def test_attempt_starts_takes_the_first_send_of_each_burst() -> None:
+    times = [T0 + 1.2, T0, T0 + 0.8, T0 + 0.801, T0 + 0.85, T0 + 1.35]
+
+    assert attempt_starts(times) == pytest.approx([T0, T0 + 0.8, T0 + 1.2, T0 + 1.35])
+    assert attempt_starts([]) == []
+
+
+def failing_stream_cycle(connect_delay_s: float = 0.003) -> str:
+    """An answered cycle at T0-2, silence, the failing cycle at T0 and the next at T0+2."""
+    return "\n".join([
+        tcp_line(T0 - 3, PHONE, 40001, PRIMARY, "S", "50", 0),
+        tcp_line(T0 - 3, PHONE, 40009, BACKUP, "S", "51", 0),
+        tcp_line(T0 - 2, PHONE, 40001, PRIMARY, "P.", "1:520", 519),
+        tcp_line(T0 - 2 + 0.0002, PHONE, 40009, BACKUP, "P.", "1:520", 519),
+        tcp_line(T0 - 1.7, PHONE, 39999, PRIMARY, "P.", "9:530", 521),  # a stray, see first_sends
+        tcp_line(T0, PHONE, 40001, PRIMARY, "P.", "520:1039", 519),
+        tcp_line(T0 + 0.0003, PHONE, 40009, BACKUP, "P.", "520:1039", 519),
+        tcp_line(T0 + 0.21, PHONE, 40001, PRIMARY, "P.", "520:1039", 519),  # retransmitted
+        tcp_line(T0 + 0.8012, PHONE, 40002, PRIMARY, "S", "55", 0),
+        tcp_line(T0 + 1.2004, PHONE, 40003, PRIMARY, "S", "56", 0),
+        tcp_line(T0 + 1.6 + connect_delay_s, PHONE, 40010, BACKUP, "S", "57", 0),  # pjsua
+        tcp_line(T0 + 1.8, PHONE, 40002, PRIMARY, "S", "55", 0),  # SYN retransmitted
+        tcp_line(T0 + 2, PHONE, 40004, PRIMARY, "S", "58", 0),  # the next cycle
+        tcp_line(T0 + 2.0002, PHONE, 40009, BACKUP, "P.", "1039:1558", 519),
+    ])  # fmt: skip
+
+
+def test_stream_failover_timing_measures_the_attempts_from_the_first_send_after_silence() -> None:
+    segments = tcp_segments(failing_stream_cycle())
+
+    timing = stream_failover_timing(
+        segments, phone=PHONE, primary=PRIMARY, backup=BACKUP, port=PORT, silenced_at=T0 - 1.9
+    )
+
+    assert timing.cycle_start == T0
+    assert timing.backup_skew_s == pytest.approx(0.0003)
+    assert timing.attempt_offsets_s == pytest.approx((0.0, 0.8012, 1.2004))
+    assert timing.connect_after_deadline_s == pytest.approx(0.003)
+
+
+def test_stream_failover_timing_needs_sends_after_silence_and_a_new_backup_connection() -> None:
+    segments = tcp_segments(failing_stream_cycle())
+
+    def measure(kept: list[Segment], silenced_at: float = T0 - 1.9) -> None:
+        stream_failover_timing(
+            kept, phone=PHONE, primary=PRIMARY, backup=BACKUP, port=PORT, silenced_at=silenced_at
+        )
+
+    with pytest.raises(LabError, match="nothing sent to the primary"):
+        measure(segments, silenced_at=T0 + 5)
+    with pytest.raises(LabError, match="no probe to the backup"):
+        measure([s for s in segments if s.dst != BACKUP])
+    with pytest.raises(LabError, match="no new connection to the backup"):
+        measure([s for s in segments if not (s.dst == BACKUP and s.syn and s.ts > T0)])
