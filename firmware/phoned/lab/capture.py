@@ -8,6 +8,7 @@ Must not touch: other tcpdump processes; the capture never changes any interface
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 from collections.abc import Callable
@@ -56,6 +57,10 @@ class Capture:
         self._log = self.log_path.open("wb")
         # -Z root: Debian's tcpdump otherwise drops to user tcpdump and cannot write here.
         argv = ["tcpdump", "-n", "-U", "--immediate-mode", "-Z", "root"]
+        # Measured: with the defaults (256 KiB snapshots, 2 MiB buffer) a burst of 50
+        # SUBSCRIBEs, 407s, 200s and NOTIFYs lost 24 of 137 packets ("dropped by kernel");
+        # 16 KiB snapshots (SIP here stays under 4 KiB) and a 16 MiB buffer lost none.
+        argv += ["-s", "16384", "-B", "16384"]
         argv += ["-i", self.iface, "-w", str(self.path), self.bpf]
         self._proc = spawn(argv, netns=self.netns, log=self._log)
         try:
@@ -84,6 +89,11 @@ class Capture:
             self._log.close()
             self._log = None
         return status
+
+    def dropped(self) -> int:
+        """Packets tcpdump reported "dropped by kernel" (known once it has stopped)."""
+        found = re.search(r"(\d+) packets? dropped by kernel", self._log_text())
+        return int(found.group(1)) if found else 0
 
     def packets(self) -> list[Packet]:
         """The UDP packets captured so far (tcpdump writes each one at once, `-U`)."""
