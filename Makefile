@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := .make
 APT_PACKAGES := kamailio kamailio-presence-modules kamailio-tls-modules sip-tester tcpdump \
-                nftables iproute2 dnsmasq-base openssl \
+                nftables iproute2 dnsmasq-base openssl wireguard-go wireguard-tools \
                 python3-venv python3-dev gcc procps
 
 .PHONY: test demo deps lint unit integration bench clean
