@@ -1,11 +1,11 @@
-"""The `phoned` command line (SPEC §4): run, check-config, status, call, hangup, demo.
+"""The `phoned` command line (SPEC §4): run, check-config, status, call, hangup, app, demo.
 
 Owns: argument parsing, loading the settings, exit codes and turning every expected error
 into one clear message on stderr (never a traceback). Must not touch: the service's
 internals (the supervisor runs them) or the lab (the demo module drives it).
 
 Exit codes: 0 success; 1 bad settings or the service failed; 2 bad usage; 3 the service is
-not running (`status`, `call`, `hangup`).
+not running (`status`, `call`, `hangup`, `app`).
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     call = sub.add_parser("call", help="place a call through the active server")
     call.add_argument("ext", help="extension (or sip: URI) to call")
     call.add_argument("--config", default=DEFAULT_CONFIG, help="settings file (TOML)")
+    app = sub.add_parser("app", help="fetch a Phone App from the active server")
+    app.add_argument("name", help="the app's name in [apps]")
+    app.add_argument("--config", default=DEFAULT_CONFIG, help="settings file (TOML)")
     hangup = sub.add_parser("hangup", help="end the running call(s)")
     hangup.add_argument("--call-id", type=int, default=None, help="only this call")
     hangup.add_argument("--config", default=DEFAULT_CONFIG, help="settings file (TOML)")
@@ -56,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "status": lambda a: _status(a.config, a.json),
         "call": lambda a: _ask(a.config, "call", {"ext": a.ext}),
         "hangup": lambda a: _ask(a.config, "hangup", {"call_id": a.call_id}),
+        "app": lambda a: _ask(a.config, "app", {"name": a.name}),
         "demo": lambda a: _demo(a.interval),
     }
     try:
@@ -126,7 +130,11 @@ def _ask(config_path: str, cmd: str, args: dict[str, object]) -> int:
     except ControlError as exc:
         print(f"phoned: {exc}", file=sys.stderr)
         return 3 if "not running" in str(exc) else 1
-    if cmd == "call":
+    if cmd == "app":
+        sys.stdout.write(result["content"])
+        if not result["content"].endswith("\n"):
+            sys.stdout.write("\n")
+    elif cmd == "call":
         print(f"calling {args['ext']} through the {result['server']} (call {result['call_id']})")
     else:
         print(f"ended {result['ended']} call(s)")

@@ -64,6 +64,8 @@ class _Board:
     last_switch: dict[str, Any] = field(default_factory=dict)
     calls: dict[int, dict[str, Any]] = field(default_factory=dict)
     blf: dict[str, str] = field(default_factory=dict)
+    apps: dict[str, str] = field(default_factory=dict)
+    steps: dict[str, str] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
 
 
@@ -86,6 +88,21 @@ class StatusBoard:
         """Show these BLF keys, every lamp unknown until a NOTIFY says otherwise."""
         with self._lock:
             self._b.blf = dict.fromkeys(keys, "unknown")
+
+    def set_apps(self, urls: dict[str, str]) -> None:
+        """Record each Phone App's URL on the server in use (SPEC §2 step 3)."""
+        with self._lock:
+            self._b.apps = dict(urls)
+
+    def set_step(self, step: str, outcome: str) -> None:
+        """Record the outcome of one step of the last switch (SPEC §2: vpn, sip, apps)."""
+        with self._lock:
+            self._b.steps[step] = outcome
+
+    def app_url(self, name: str) -> str | None:
+        """The URL of app `name` on the server in use, if configured."""
+        with self._lock:
+            return self._b.apps.get(name)
 
     def set_blf(self, ext: str, state: str) -> None:
         """Record the state of one BLF key (idle, ringing, busy, unknown)."""
@@ -157,6 +174,8 @@ class StatusBoard:
                 "last_switch": dict(b.last_switch),
                 "calls": [dict(call) for _, call in sorted(b.calls.items())],
                 "blf": dict(b.blf),
+                "apps": dict(b.apps),
+                "switch_steps": dict(b.steps),
                 "display": {"top_line": top_line(b.ext, b.active, b.service, registered)},
                 "leds": {"status": asdict(led)},
                 "uptime_s": round(time.time() - b.started_at, 1),
@@ -203,6 +222,8 @@ def render_text(snapshot: dict[str, Any]) -> str:
     if snapshot.get("blf"):
         lamps = "  ".join(f"{ext} {state}" for ext, state in snapshot["blf"].items())
         lines.append(f"blf:      {lamps}")
+    for name, url in snapshot.get("apps", {}).items():
+        lines.append(f"app:      {name} -> {url}")
     for call in snapshot.get("calls", []):
         lines.append(
             f"call {call['call_id']}:   {call['direction']} {call['remote']} {call['state']}"

@@ -20,6 +20,7 @@ from types import FrameType
 from typing import Any
 
 from phoned import journal, sdnotify
+from phoned.apps import AppError, app_urls, fetch
 from phoned.clock import MonotonicClock
 from phoned.config import Settings
 from phoned.control import ControlServer
@@ -32,6 +33,7 @@ from phoned.events import (
     ProbeFailed,
     RegistrationFailed,
     SendProbe,
+    Server,
     ServiceChanged,
     UseServer,
 )
@@ -109,6 +111,7 @@ class Supervisor:
             interval_s=float(settings.redundancy.sip_keep_alive_interval),
         )
         self.board.watch_blf(settings.blf.keys)
+        self.board.set_apps(self._app_urls(Server.PRIMARY))
         self._sip = _sip_stack(settings, self._on_sip_event)
         policy = policy_settings(settings)
         # SPEC §1: start_0 at random within the first interval, so phones do not align.
@@ -207,9 +210,22 @@ class Supervisor:
         sip = sip_target(targets, self._prober.resolved(action.server))
         journal.switch(action, self.board.active, targets.label, f"{sip.host}:{sip.port}")
         self.board.set_active(action.server, action.reason)
+        # SPEC §2 order: VPN routes, then SIP, then apps; each step's outcome in the status.
+        self.board.set_step("vpn", "off")
         self._sip.accept_calls_from(call_sources(self._targets, self._prober.resolved))
         self._sip.use_server(action.server, sip)
+        self.board.set_step("sip", f"registering on {action.server.value} {sip.host}:{sip.port}")
+        urls = self._app_urls(action.server)
+        self.board.set_apps(urls)
+        self.board.set_step("apps", f"{len(urls)} app(s) on {action.server.value}")
         self._publish_status()
+
+    def _app_urls(self, server: Server) -> dict[str, str]:
+        red = self._settings.redundancy
+        return app_urls(
+            self._settings.apps, server, self._settings.server.address,
+            red.backup_destination_address,
+        )  # fmt: skip
 
     def _cycle_judged(self, action: CycleJudged) -> None:
         self.board.set_cycle(action.cycle, action.verdicts)
@@ -269,6 +285,23 @@ class Supervisor:
             if not isinstance(ext, str) or not ext.strip():
                 raise ValueError("call needs an extension, e.g. phoned call 1002")
             return self._on_sip_thread(lambda: self._call(ext.strip()))
+        if cmd == "app":
+            name = str(request.get("name"))
+            url = self.board.app_url(name)
+            if url is None:
+                known = ", ".join(self.board.snapshot()["apps"]) or "none configured"
+                raise ValueError(f"no app {name!r} (apps: {known})")
+            try:
+                page = fetch(name, url)  # on this thread: pjsua2 is not involved
+            except AppError as exc:
+                raise ValueError(str(exc)) from exc
+            return {
+                "name": page.name,
+                "url": page.url,
+                "status": page.status,
+                "content_type": page.content_type,
+                "content": page.content.decode("utf-8", errors="replace"),
+            }
         if cmd == "hangup":
             call_id = request.get("call_id")
             if call_id is not None and not isinstance(call_id, int):
