@@ -56,6 +56,7 @@ from phoned.lab.netns import (
 from phoned.lab.proxy import KamailioProxy
 from phoned.lab.sipp import SippResponder
 from phoned.lab.tls import CertAuthority
+from phoned.lab.wireguard import VpnLab, open_vpn_lab
 
 PhoneUdp = Callable[[str, int], socket.socket]
 MakeSipp = Callable[..., SippResponder]
@@ -255,3 +256,50 @@ def make_caller(lab: Lab, tmp_path: Path) -> Iterator[MakeCaller]:
     yield make
     for caller in started:
         caller.stop()
+
+
+# --------------------------------------------------------------------- VPN lab (issue 4)
+
+
+@pytest.fixture
+def vpn_lab(lab: Lab, tmp_path: Path) -> Iterator[VpnLab]:
+    """WireGuard endpoints and app servers in pbx1/pbx2, and the phone's key (SPEC §6).
+
+    pbx1: wg 198.18.1.1/24 at 192.0.2.11:51820, HTTP on 198.18.1.1:80 answering
+    `pbx1 <path>\\n`; pbx2 the same with 198.18.2.1 / 192.0.2.12 / `pbx2`. Both also hold
+    the shared address 198.18.100.1 (the `routes` network 198.18.100.0/24) and answer on
+    it. Their one peer is the phone (198.18.0.2/32, `vpn_lab.phone_public_key`). Nothing
+    runs on the phone side: `vpn_lab.settings_tables()` gives `[vpn]`, `[vpn.primary]`
+    and `[vpn.backup]` for `write_config(..., settings=...)` (interface
+    `vpn_lab.phone_ifname`, key file `vpn_lab.phone_key_file`, routes 198.18.100.0/24).
+    """
+    with open_vpn_lab(lab, tmp_path) as built:
+        yield built
+
+
+@pytest.fixture
+def make_tunnel_pbx(lab: Lab, tmp_path: Path, vpn_lab: VpnLab) -> Iterator[MakePbx]:
+    """Factory `make_tunnel_pbx(role, **options)`: a KamailioPbx on the role's tunnel address.
+
+    "pbx1" -> 198.18.1.1:5060 named "primary", "pbx2" -> 198.18.2.1:5060 named "backup",
+    in that role's namespace: reachable from the phone only through its tunnel. Options as
+    for `make_pbx`; it can be combined with `make_pbx` for the same role (other address).
+    """
+    started: list[KamailioPbx] = []
+    hosts = {"pbx1": (vpn_lab.primary_host, "primary"), "pbx2": (vpn_lab.backup_host, "backup")}
+
+    def make(
+        role: str, *, name: str | None = None, port: int = 5060, **options: Any
+    ) -> KamailioPbx:
+        host, default_name = hosts[role]
+        pbx = KamailioPbx(
+            name or f"{default_name}-wg", host, port, workdir=tmp_path, netns=lab.ns(role),
+            **options,
+        )  # fmt: skip
+        started.append(pbx)
+        pbx.start()
+        return pbx
+
+    yield make
+    for pbx in started:
+        pbx.stop()
