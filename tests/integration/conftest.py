@@ -53,6 +53,7 @@ from phoned.lab.netns import (
     cleanup_stale,
     netns_socket,
 )
+from phoned.lab.phone import RunningPhone, write_config
 from phoned.lab.proxy import KamailioProxy
 from phoned.lab.sipp import SippResponder
 from phoned.lab.tls import CertAuthority
@@ -303,3 +304,23 @@ def make_tunnel_pbx(lab: Lab, tmp_path: Path, vpn_lab: VpnLab) -> Iterator[MakeP
     yield make
     for pbx in started:
         pbx.stop()
+
+
+StartPhone = Callable[..., RunningPhone]
+
+
+@pytest.fixture
+def start_phone(lab: Lab, tmp_path: Path) -> Iterator[StartPhone]:
+    """Factory of running phones (settings overridable); each is stopped after the test."""
+    phones: list[RunningPhone] = []
+
+    def start(**overrides: Any) -> RunningPhone:
+        workdir = tmp_path / f"phone{len(phones)}"
+        workdir.mkdir()
+        phone = RunningPhone(lab, workdir, write_config(workdir, **overrides))
+        phones.append(phone)
+        return phone
+
+    yield start
+    for phone in phones:
+        phone.stop()

@@ -10,8 +10,7 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,7 +20,7 @@ from phoned.lab.faults import Faults
 from phoned.lab.kamailio import KamailioPbx
 from phoned.lab.netns import PBX1_IP, PBX2_IP, PHONE_IP, Lab, poll_until
 from phoned.lab.pcap import Packet, sip_summary
-from phoned.lab.phone import RunningPhone, sip_from_phone, write_config
+from phoned.lab.phone import RunningPhone, sip_from_phone
 
 OFFSET_TOLERANCE_S = 0.03
 SWITCH_TOLERANCE_S = 0.1
@@ -29,24 +28,7 @@ INTERVAL_S = 2
 #: Long enough for the random first-cycle offset, a whole cycle and the switch.
 SWITCH_TIMEOUT_S = 2 * INTERVAL_S + 4
 
-StartPhone = Callable[..., RunningPhone]
-
-
-@pytest.fixture
-def start_phone(lab: Lab, tmp_path: Path) -> Iterator[StartPhone]:
-    """Factory of running phones (settings overridable); each is stopped after the test."""
-    phones: list[RunningPhone] = []
-
-    def start(**overrides: Any) -> RunningPhone:
-        workdir = tmp_path / f"phone{len(phones)}"
-        workdir.mkdir()
-        phone = RunningPhone(lab, workdir, write_config(workdir, **overrides))
-        phones.append(phone)
-        return phone
-
-    yield start
-    for phone in phones:
-        phone.stop()
+from conftest import StartPhone  # noqa: E402 - the fixture lives in conftest
 
 
 def registered(phone: RunningPhone, server: str, timeout_s: float = 10.0) -> None:

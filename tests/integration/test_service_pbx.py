@@ -13,13 +13,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from conftest import StartPhone
 from test_service import (
     INTERVAL_S,
     SWITCH_TIMEOUT_S,
-    StartPhone,
     kamailio_holds_contact,
     registered,
-    start_phone,
     wait_cycles,
 )
 
@@ -39,8 +38,6 @@ from phoned.lab.netns import (
 )
 from phoned.lab.pcap import Packet, sip_summary
 from phoned.lab.phone import RunningPhone, SettingsTables, sip_from_phone
-
-__all__ = ["start_phone"]  # fixture shared with test_service.py
 
 MakePbx = Callable[..., KamailioPbx]
 KEYS = ["1002", "1003"]

@@ -18,17 +18,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from conftest import StartPhone
 from test_probe_transports import data_times, syn_times, tcpdump_lines
 from test_service import (
     INTERVAL_S,
     OFFSET_TOLERANCE_S,
     SWITCH_TIMEOUT_S,
     SWITCH_TOLERANCE_S,
-    StartPhone,
     assert_offsets,
     kamailio_holds_contact,
     registered,
-    start_phone,
     wait_cycles,
 )
 
@@ -39,8 +38,6 @@ from phoned.lab.kamailio import TLS_PORT, KamailioPbx
 from phoned.lab.netns import PBX1_IP, PBX2_IP, PHONE_IP, Lab
 from phoned.lab.phone import RunningPhone, SettingsTables, sip_from_phone
 from phoned.lab.tls import CertAuthority, self_signed
-
-__all__ = ["start_phone"]  # fixture shared with test_service.py
 
 MakePbx = Callable[..., KamailioPbx]
 #: A port for the SRV case that nothing would reach by default.

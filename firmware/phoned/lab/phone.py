@@ -26,7 +26,7 @@ from phoned.lab.pcap import Packet, sip_summary
 from phoned.logfmt import parse
 
 #: A TOML value `write_config` can render.
-TomlValue = str | int | bool | Sequence[str]
+TomlValue = str | int | bool | Sequence[str] | Mapping[str, "TomlValue"]
 #: Settings by table, then key: `{"redundancy": {"outbound_proxy": "192.0.2.21"}}`.
 SettingsTables = Mapping[str, Mapping[str, TomlValue]]
 
@@ -66,7 +66,7 @@ def base_settings(workdir: Path, **overrides: object) -> dict[str, dict[str, Tom
 
 
 def render_toml(tables: SettingsTables) -> str:
-    """TOML text of flat tables (strings, integers, booleans and lists of strings)."""
+    """TOML text of tables (strings, integers, booleans, lists of strings, inline tables)."""
     chunks = []
     for table, keys in tables.items():
         lines = [f"[{table}]", *(f"{key} = {_toml(value)}" for key, value in keys.items())]
@@ -81,6 +81,8 @@ def _toml(value: TomlValue) -> str:
         return str(value)
     if isinstance(value, str):
         return json.dumps(value)  # a JSON string is a TOML basic string
+    if isinstance(value, Mapping):  # an inline table, e.g. an app with a backup_url
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
     return "[" + ", ".join(json.dumps(item) for item in value) + "]"
 
 
