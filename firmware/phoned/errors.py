@@ -27,3 +27,7 @@ class ControlError(PhonedError, ConnectionError):
 
 class LabError(PhonedError, RuntimeError):
     """A lab peer (Kamailio, sipp, a namespace) could not be set up."""
+
+
+class VpnError(PhonedError, OSError):
+    """The tunnel could not be created, configured, switched or read."""
