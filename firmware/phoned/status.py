@@ -66,6 +66,7 @@ class _Board:
     blf: dict[str, str] = field(default_factory=dict)
     apps: dict[str, str] = field(default_factory=dict)
     steps: dict[str, str] = field(default_factory=dict)
+    vpn: dict[str, Any] = field(default_factory=lambda: {"enabled": False})
     started_at: float = field(default_factory=time.time)
 
 
@@ -98,6 +99,11 @@ class StatusBoard:
         """Record the outcome of one step of the last switch (SPEC §2: vpn, sip, apps)."""
         with self._lock:
             self._b.steps[step] = outcome
+
+    def set_vpn(self, state: dict[str, Any]) -> None:
+        """Record the VPN's state (never a key: the adapter leaves them out)."""
+        with self._lock:
+            self._b.vpn = {"enabled": True, **state}
 
     def app_url(self, name: str) -> str | None:
         """The URL of app `name` on the server in use, if configured."""
@@ -176,6 +182,7 @@ class StatusBoard:
                 "blf": dict(b.blf),
                 "apps": dict(b.apps),
                 "switch_steps": dict(b.steps),
+                "vpn": dict(b.vpn),
                 "display": {"top_line": top_line(b.ext, b.active, b.service, registered)},
                 "leds": {"status": asdict(led)},
                 "uptime_s": round(time.time() - b.started_at, 1),

@@ -24,7 +24,7 @@ from phoned.apps import AppError, app_urls, fetch
 from phoned.clock import MonotonicClock
 from phoned.config import Settings
 from phoned.control import ControlServer
-from phoned.errors import PhonedError
+from phoned.errors import PhonedError, VpnError
 from phoned.events import (
     Action,
     CycleJudged,
@@ -53,6 +53,7 @@ from phoned.sip import (
 )
 from phoned.status import StatusBoard
 from phoned.targets import call_sources, server_targets, sip_target
+from phoned.vpn import WireGuardVpn
 
 log = logging.getLogger("phoned")
 
@@ -133,6 +134,12 @@ class Supervisor:
             observe=self._observe,
         )
         self._control = ControlServer(settings.service.control_socket, self._on_control)
+        self._vpn = (
+            WireGuardVpn(settings.vpn, state_dir=settings.service.state_dir)
+            if settings.vpn.enabled
+            else None
+        )
+        self._vpn_status_at = 0.0
 
     # -- life cycle ------------------------------------------------------------------
     def run(self) -> int:
@@ -140,10 +147,14 @@ class Supervisor:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         try:
+            if self._vpn is not None:  # SPEC §2: the tunnel first, so SIP travels it
+                self._vpn.start(Server.PRIMARY)
             self._sip.start()
             self._sip.accept_calls_from(call_sources(self._targets, self._prober.resolved))
         except PhonedError:
             self._control.stop()  # nothing else started yet
+            if self._vpn is not None:
+                self._vpn.stop()
             raise
         self._control.start()
         self._monitor.start()
@@ -153,7 +164,9 @@ class Supervisor:
             self._sip.poll(self._poll_ms())
             self._drain_actions()
             self._drain_commands()
-            if not (self._monitor.alive and self._control.alive):
+            self._refresh_vpn_status()
+            vpn_alive = self._vpn is None or self._vpn.alive
+            if not (self._monitor.alive and self._control.alive and vpn_alive):
                 log.error("phoned: a worker thread died; exiting so that it is restarted")
                 code = 1
                 break
@@ -182,7 +195,9 @@ class Supervisor:
         started = time.monotonic()
         sdnotify.notify("STOPPING=1")
         self._monitor.stop()
-        self._sip.shutdown(timeout_s=1.0)
+        self._sip.shutdown(timeout_s=1.0)  # un-REGISTER still travels the tunnel
+        if self._vpn is not None:
+            self._vpn.stop()  # routes removed (SPEC §6), interface and wireguard-go gone
         self._control.stop()
         log_event(log, "stopped", "phoned: stopped", took_ms=(time.monotonic() - started) * 1000)
 
@@ -211,7 +226,7 @@ class Supervisor:
         journal.switch(action, self.board.active, targets.label, f"{sip.host}:{sip.port}")
         self.board.set_active(action.server, action.reason)
         # SPEC §2 order: VPN routes, then SIP, then apps; each step's outcome in the status.
-        self.board.set_step("vpn", "off")
+        self.board.set_step("vpn", self._move_routes(action.server))
         self._sip.accept_calls_from(call_sources(self._targets, self._prober.resolved))
         self._sip.use_server(action.server, sip)
         self.board.set_step("sip", f"registering on {action.server.value} {sip.host}:{sip.port}")
@@ -219,6 +234,26 @@ class Supervisor:
         self.board.set_apps(urls)
         self.board.set_step("apps", f"{len(urls)} app(s) on {action.server.value}")
         self._publish_status()
+
+    def _move_routes(self, server: Server) -> str:
+        if self._vpn is None:
+            return "off"
+        try:
+            self._vpn.point_to(server)
+        except VpnError as exc:  # SIP and apps still move: the backup may be reachable
+            log.error("%s", exc)
+            return f"failed: {exc}"
+        finally:
+            self._refresh_vpn_status(force=True)
+        return f"routes via the {server.value} peer"
+
+    def _refresh_vpn_status(self, *, force: bool = False) -> None:
+        """The VPN's state for the status board, read on this thread (every 5 s)."""
+        now = self._clock.now()
+        if self._vpn is None or (not force and now - self._vpn_status_at < 5.0):
+            return
+        self._vpn_status_at = now
+        self.board.set_vpn(self._vpn.status())
 
     def _app_urls(self, server: Server) -> dict[str, str]:
         red = self._settings.redundancy
