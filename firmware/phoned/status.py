@@ -229,6 +229,12 @@ def render_text(snapshot: dict[str, Any]) -> str:
     if snapshot.get("blf"):
         lamps = "  ".join(f"{ext} {state}" for ext, state in snapshot["blf"].items())
         lines.append(f"blf:      {lamps}")
+    vpn = snapshot.get("vpn", {})
+    if vpn.get("enabled"):
+        lines.append(
+            f"vpn:      {vpn.get('interface')} ({vpn.get('backend')}) "
+            f"{'up' if vpn.get('up') else 'DOWN'}, routes via the {vpn.get('active')} peer"
+        )
     for name, url in snapshot.get("apps", {}).items():
         lines.append(f"app:      {name} -> {url}")
     for call in snapshot.get("calls", []):
