@@ -21,6 +21,7 @@ from phoned.lab.timing import (
     summarize,
     tcp_segments,
     vm_rss_kib,
+    vpn_timing,
 )
 
 PHONE, PRIMARY, BACKUP = "192.0.2.2", "192.0.2.11", "192.0.2.12"
@@ -368,3 +369,75 @@ def test_stream_failover_timing_needs_sends_after_silence_and_a_new_backup_conne
         measure([s for s in segments if s.dst != BACKUP])
     with pytest.raises(LabError, match="no new connection to the backup"):
         measure([s for s in segments if not (s.dst == BACKUP and s.syn and s.ts > T0)])
+
+
+# --------------------------------------------------------------------------- VPN
+
+TUNNEL_PHONE, SHARED, BACKUP_TUNNEL = "198.18.0.2", "198.18.100.1", "198.18.2.1"
+DEADLINE = T0 + 1.6
+
+
+def datagram(ts: float, src: str = TUNNEL_PHONE, dst: str = SHARED) -> Packet:
+    return Packet(ts, src, 40000, dst, 9, b"bench-failover")
+
+
+def at_backup(syn_at: float = DEADLINE + 0.020) -> str:
+    """`tcpdump -tt -n -i any` lines in the backup's namespace: the app fetch's connection
+    (SYN, then the backup's SYN-ACK and the GET), a later one, and another port."""
+    return "\n".join([
+        f"{syn_at - 0.5:.6f} wl9n2pbx In  IP {TUNNEL_PHONE}.40000 > {BACKUP_TUNNEL}.5060: "
+        "Flags [S], seq 7, win 64240, length 0",
+        f"{syn_at:.6f} wl9n2pbx In  IP {TUNNEL_PHONE}.40312 > {BACKUP_TUNNEL}.80: "
+        "Flags [S], seq 1, win 64240, options [mss 1380], length 0",
+        f"{syn_at + 0.0002:.6f} wl9n2pbx Out IP {BACKUP_TUNNEL}.80 > {TUNNEL_PHONE}.40312: "
+        "Flags [S.], seq 9, ack 2, win 65160, length 0",
+        f"{syn_at + 0.0004:.6f} wl9n2pbx In  IP {TUNNEL_PHONE}.40312 > {BACKUP_TUNNEL}.80: "
+        "Flags [P.], seq 1:80, ack 1, win 502, length 79: HTTP: GET /contacts HTTP/1.1",
+        f"{syn_at + 0.010:.6f} wl9n2pbx In  IP {TUNNEL_PHONE}.40314 > {BACKUP_TUNNEL}.80: "
+        "Flags [S], seq 3, win 64240, length 0",
+    ])  # fmt: skip
+
+
+def test_vpn_timing_takes_the_first_datagram_and_the_first_app_connection_at_the_backup() -> None:
+    datagrams = [
+        datagram(DEADLINE + 0.002, src="198.18.0.9"),  # someone else
+        datagram(DEADLINE + 0.003, dst=BACKUP_TUNNEL),  # not the routes network
+        datagram(DEADLINE + 0.006),
+        datagram(DEADLINE + 0.004),  # out of file order: the earliest counts
+        datagram(DEADLINE + 0.008),
+    ]
+
+    timing = vpn_timing(
+        datagrams, tcp_segments(at_backup()), phone=TUNNEL_PHONE, shared=SHARED,
+        app=(BACKUP_TUNNEL, 80), deadline=DEADLINE,
+    )  # fmt: skip
+
+    assert timing.routes_after_deadline_s == pytest.approx(0.004)
+    assert timing.app_after_deadline_s == pytest.approx(0.020)
+
+
+def test_vpn_timing_before_the_deadline_is_negative() -> None:
+    timing = vpn_timing(
+        [datagram(DEADLINE - 0.1)], tcp_segments(at_backup(syn_at=DEADLINE - 0.05)),
+        phone=TUNNEL_PHONE, shared=SHARED, app=(BACKUP_TUNNEL, 80), deadline=DEADLINE,
+    )  # fmt: skip
+
+    assert timing.routes_after_deadline_s == pytest.approx(-0.1)
+    assert timing.app_after_deadline_s == pytest.approx(-0.05)
+
+
+def test_vpn_timing_needs_a_datagram_and_an_app_connection_at_the_backup() -> None:
+    segments = tcp_segments(at_backup())
+
+    def measure(datagrams: list[Packet], kept: list[Segment]) -> None:
+        vpn_timing(
+            datagrams, kept, phone=TUNNEL_PHONE, shared=SHARED, app=(BACKUP_TUNNEL, 80),
+            deadline=DEADLINE,
+        )  # fmt: skip
+
+    with pytest.raises(LabError, match="nothing to the routes network"):
+        measure([datagram(DEADLINE, dst=BACKUP_TUNNEL)], segments)
+    with pytest.raises(LabError, match="no app fetch reached the backup"):
+        measure([datagram(DEADLINE)], [s for s in segments if s.dport != 80])
+    with pytest.raises(LabError, match="no app fetch"):  # a SYN-ACK or data is no fetch
+        measure([datagram(DEADLINE)], [s for s in segments if not s.syn])

@@ -1,9 +1,10 @@
 """Results and report of `scripts/bench-failover`: the table of SPEC §9 figures.
 
 Owns: the measured results' types, how each becomes a table row with its target and
-verdict (median or worst, as SPEC §9 says), the progress lines, and the printed table and
-JSON. Must not touch: the lab, processes or captures (the script runs the scenarios; the
-arithmetic on packets is `timing.py`'s).
+verdict (median or worst, as SPEC §9 says; the VPN's routes and apps against the
+switch-over budget), the progress lines, and the printed table and JSON. Must not touch:
+the lab, processes or captures (the script runs the scenarios; the arithmetic on packets
+is `timing.py`'s).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 from phoned.lab.kamailio import TLS_PORT
-from phoned.lab.timing import BlfTiming, FailoverTiming, StreamTiming, summarize
+from phoned.lab.timing import BlfTiming, FailoverTiming, StreamTiming, VpnTiming, summarize
 
 IDLE_INTERVAL_S = 15  # SPEC §3: the default sip_keep_alive_interval
 KIB_PER_MB = 1e6 / 1024  # SPEC §9 counts resident memory in MB (10^6 bytes)
@@ -48,6 +49,16 @@ class StreamRun:
 
 
 @dataclass(frozen=True)
+class VpnRun:
+    """One failover with the VPN on: SIP inside the tunnels, routes and apps following."""
+
+    failover: RunResult  #: the SIP timing, from the packets inside the tunnel
+    vpn: VpnTiming
+    switch_ms: float  #: the VPN's own `last_switch_ms` (`point_to`: peers and routes)
+    fetches: int  #: app fetches asked for from attempt 3 until the backup served one
+
+
+@dataclass(frozen=True)
 class IdleResult:
     """One phone idle on the primary."""
 
@@ -63,6 +74,7 @@ class Results:
     udp: list[RunResult] = field(default_factory=list)
     blf: list[BlfRun] = field(default_factory=list)
     streams: list[StreamRun] = field(default_factory=list)
+    vpn: list[VpnRun] = field(default_factory=list)
     idle: IdleResult | None = None
 
 
@@ -117,6 +129,16 @@ def brief_stream(run: StreamRun) -> str:
     return (
         f"attempts {offsets} ms, backup skew {1000 * t.backup_skew_s:+.1f} ms, "
         f"connect to backup {1000 * t.connect_after_deadline_s:+.1f} ms after the deadline"
+    )
+
+
+def brief_vpn(run: VpnRun) -> str:
+    """One progress line for a VPN run."""
+    t, v = run.failover.timing, run.vpn
+    return (
+        f"200 OK {1000 * t.registered_after_deadline_s:+.1f} ms, "
+        f"routes {1000 * v.routes_after_deadline_s:+.1f} ms (point_to {run.switch_ms:.1f} ms), "
+        f"app {1000 * v.app_after_deadline_s:+.1f} ms after the deadline ({run.fetches} fetches)"
     )
 
 
@@ -205,6 +227,25 @@ def stream_rows(runs: Sequence[StreamRun]) -> list[Metric]:
     ]
 
 
+def vpn_rows(runs: Sequence[VpnRun]) -> list[Metric]:
+    """SIP through the tunnel, then routes and apps on the backup (SPEC §9: 50 + 250 ms)."""
+
+    def ms(pick: Callable[[VpnRun], float]) -> tuple[float, ...]:
+        return tuple(1000 * pick(r) for r in runs)
+
+    return [
+        at_most("deadline -> REGISTER backup", "ms",
+                ms(lambda r: r.failover.timing.register_after_deadline_s), 50),
+        at_most("deadline -> its 200 OK", "ms",
+                ms(lambda r: r.failover.timing.registered_after_deadline_s), 300, why="(50+250)"),
+        at_most("deadline -> routes moved", "ms",
+                ms(lambda r: r.vpn.routes_after_deadline_s), 300, why="(50+250)"),
+        info("VPN point_to (its status)", tuple(r.switch_ms for r in runs)),
+        at_most("deadline -> app at the backup", "ms",
+                ms(lambda r: r.vpn.app_after_deadline_s), 300, why="(50+250)"),
+    ]  # fmt: skip
+
+
 def sections(results: Results, *, interval_s: int, blf_runs: int) -> list[Section]:
     """The table: one titled section per group that ran."""
     found: list[Section] = []
@@ -219,6 +260,9 @@ def sections(results: Results, *, interval_s: int, blf_runs: int) -> list[Sectio
         port = PORTS[transport]
         title = f"{transport.upper()}: {len(runs)} blackhole runs (TCP {port} dropped), auth"
         found.append((title, stream_rows(runs)))
+    if results.vpn:
+        title = f"VPN (WireGuard), UDP inside: {len(results.vpn)} blackhole runs, from deadline"
+        found.append((title, vpn_rows(results.vpn)))
     if results.idle is not None:
         idle = results.idle
         title = f"idle: 1 phone at interval {IDLE_INTERVAL_S} s, measured for {idle.wall_s:.0f} s"
@@ -282,6 +326,7 @@ def print_json(results: Results, table: Sequence[Section]) -> None:
         ],
         "blf": [asdict(r) for r in results.blf],
         "streams": [asdict(r) for r in results.streams],
+        "vpn": [asdict(r) for r in results.vpn],
         "idle": asdict(results.idle) if results.idle is not None else None,
         "metrics": [
             {

@@ -5,7 +5,9 @@ backup's first OPTIONS of one cycle, the primary's 2nd and 3rd attempts, the fir
 to the backup and its 200 OK); the BLF subscriptions confirmed on the backup after it (the
 200 OK to each authenticated SUBSCRIBE and each subscription's first NOTIFY); the same
 attempts over TCP and TLS, read from `tcpdump -tt -n` text lines (SYNs of new connections
-and first copies of data segments, since TLS payloads cannot be read); medians and worst
+and first copies of data segments, since TLS payloads cannot be read); with the VPN on,
+when the phone's traffic to the `routes` network and its first app fetch reached the
+backup; medians and worst
 deviations of repeated measurements; and reading CPU ticks and resident memory out of
 `/proc/<pid>/stat` and `/proc/<pid>/status` text. Must not touch: files, sockets,
 processes or clocks: every input is handed in, so `tests/unit/test_timing.py` checks it on
@@ -377,6 +379,45 @@ def stream_failover_timing(
         attempt_offsets_s=tuple(t - t0 for t in starts if t < t0 + DEADLINE_S),
         connect_after_deadline_s=after_t0[0] - (t0 + DEADLINE_S),
     )
+
+
+# --------------------------------------------------------------------------- VPN
+
+
+@dataclass(frozen=True)
+class VpnTiming:
+    """How the phone's other traffic followed one failover, seen arriving at the backup."""
+
+    routes_after_deadline_s: float  #: first datagram to the `routes` network there, - deadline
+    app_after_deadline_s: float  #: first connection to its app server there, - deadline
+
+
+def vpn_timing(
+    datagrams: Sequence[Packet],
+    segments: Sequence[Segment],
+    *,
+    phone: str,
+    shared: str,
+    app: tuple[str, int],
+    deadline: float,
+) -> VpnTiming:
+    """Measure, in a capture taken in the backup's namespace, when routes and apps moved.
+
+    Routes moved: the first datagram from `phone` to the shared address `shared` (held by
+    both PBXs; the bench sends one every few ms around the deadline) that reached the
+    backup. App fetched: the first SYN from `phone` to the backup's app server `app`
+    (host, port). Both against `deadline`; a negative value means before it.
+
+    Raises:
+        LabError: nothing to `shared`, or no connection to `app`, reached the backup.
+    """
+    routed = [p.ts for p in datagrams if (p.src, p.dst) == (phone, shared)]
+    fetched = [s.ts for s in segments if s.syn and (s.src, (s.dst, s.dport)) == (phone, app)]
+    if not routed:
+        raise LabError(f"timing: nothing to the routes network ({shared}) reached the backup")
+    if not fetched:
+        raise LabError(f"timing: no app fetch reached the backup at {app[0]}:{app[1]}")
+    return VpnTiming(min(routed) - deadline, min(fetched) - deadline)
 
 
 def summarize(values: Sequence[float], reference: float = 0.0) -> Summary:
