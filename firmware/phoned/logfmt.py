@@ -62,3 +62,5 @@ def setup_logging(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # pyroute2 logs every netlink message at DEBUG: noise, and slow on the switch path.
+    logging.getLogger("pyroute2").setLevel(max(level, logging.INFO))

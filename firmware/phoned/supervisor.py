@@ -233,6 +233,7 @@ class Supervisor:
         urls = self._app_urls(action.server)
         self.board.set_apps(urls)
         self.board.set_step("apps", f"{len(urls)} app(s) on {action.server.value}")
+        self._refresh_vpn_status(force=True)  # a netlink dump: after SIP, not before it
         self._publish_status()
 
     def _move_routes(self, server: Server) -> str:
@@ -243,8 +244,6 @@ class Supervisor:
         except VpnError as exc:  # SIP and apps still move: the backup may be reachable
             log.error("%s", exc)
             return f"failed: {exc}"
-        finally:
-            self._refresh_vpn_status(force=True)
         return f"routes via the {server.value} peer"
 
     def _refresh_vpn_status(self, *, force: bool = False) -> None:
