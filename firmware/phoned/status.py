@@ -67,6 +67,7 @@ class _Board:
     apps: dict[str, str] = field(default_factory=dict)
     steps: dict[str, str] = field(default_factory=dict)
     vpn: dict[str, Any] = field(default_factory=lambda: {"enabled": False})
+    device: dict[str, Any] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
 
 
@@ -104,6 +105,11 @@ class StatusBoard:
         """Record the VPN's state (never a key: the adapter leaves them out)."""
         with self._lock:
             self._b.vpn = {"enabled": True, **state}
+
+    def set_device(self, state: dict[str, Any]) -> None:
+        """Record what the board's LEDs and display show (SPEC §4: LED and display state)."""
+        with self._lock:
+            self._b.device = dict(state)
 
     def app_url(self, name: str) -> str | None:
         """The URL of app `name` on the server in use, if configured."""
@@ -183,6 +189,7 @@ class StatusBoard:
                 "apps": dict(b.apps),
                 "switch_steps": dict(b.steps),
                 "vpn": dict(b.vpn),
+                "device": dict(b.device),
                 "display": {"top_line": top_line(b.ext, b.active, b.service, registered)},
                 "leds": {"status": asdict(led)},
                 "uptime_s": round(time.time() - b.started_at, 1),

@@ -24,6 +24,7 @@ from phoned.apps import AppError, app_urls, fetch
 from phoned.clock import MonotonicClock
 from phoned.config import Settings
 from phoned.control import ControlServer
+from phoned.device import DeviceOutput
 from phoned.errors import PhonedError, VpnError
 from phoned.events import (
     Action,
@@ -140,6 +141,9 @@ class Supervisor:
             else None
         )
         self._vpn_status_at = 0.0
+        self._device = DeviceOutput(
+            settings.board.profile, state_dir=settings.service.state_dir, on_key=self._on_key
+        )
 
     # -- life cycle ------------------------------------------------------------------
     def run(self) -> int:
@@ -199,6 +203,7 @@ class Supervisor:
         if self._vpn is not None:
             self._vpn.stop()  # routes removed (SPEC §6), interface and wireguard-go gone
         self._control.stop()
+        self._device.close()
         log_event(log, "stopped", "phoned: stopped", took_ms=(time.monotonic() - started) * 1000)
 
     # -- actions from the core (on this thread) ------------------------------------
@@ -265,6 +270,7 @@ class Supervisor:
         self.board.set_cycle(action.cycle, action.verdicts)
         for verdict in action.verdicts:
             journal.verdict(action.cycle, verdict, self._targets[verdict.server].probe.host)
+        self._publish_status()
         self._mark_ready()
 
     # -- events from pjsua2 (on this thread) ------------------------------------------
@@ -276,6 +282,7 @@ class Supervisor:
         elif isinstance(event, BlfChanged):
             self.board.set_blf(event.ext, event.state.value)
             journal.blf(event)
+            self._publish_status()
 
     def _on_call(self, call: CallInfo) -> None:
         self.board.set_call(call.call_id, None if call.state.value == "ended" else _call_dict(call))
@@ -302,7 +309,18 @@ class Supervisor:
 
     def _publish_status(self) -> None:
         snap = self.board.snapshot()
+        self._device.show(snap)  # SPEC §5: LEDs and display follow every change
+        self.board.set_device(self._device.state())
         sdnotify.notify(f"STATUS={snap['display']['top_line']} ({snap['service']})")
+
+    def _on_key(self, index: int) -> None:
+        """A line key was pressed (gpiozero's thread): call that BLF key's extension."""
+        keys = self._settings.blf.keys
+        if index >= len(keys):
+            log.info("key: line key %d pressed, no BLF extension on it", index + 1)
+            return
+        log.info("key: line key %d pressed -> calling %s", index + 1, keys[index])
+        self._commands.put(_Command(lambda: self._call(keys[index])))
 
     # -- probes and answers (on the monitor thread: log only) ------------------------
     def _observe(self, item: Event | SendProbe, _now: float) -> None:
