@@ -19,7 +19,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from PIL import Image
+
 from phoned import control
+from phoned.display import to_ansi
 from phoned.errors import LabError
 from phoned.lab.kamailio import KamailioPbx
 from phoned.logfmt import parse
@@ -55,6 +58,12 @@ sip_keep_alive_interval = {interval}
 
 [sip]
 local_port = {phone_port}
+
+[blf]
+keys = ["1002", "1003"]
+
+[board]
+profile = "emulated"
 
 [service]
 control_socket = "{workdir}/control.sock"
@@ -117,8 +126,8 @@ def _registered(server: str) -> Callable[[dict[str, str]], bool]:
 def run_demo(interval_s: int = 2) -> int:
     """Run the whole story; 0 when the phone failed over and back as it should."""
     workdir = Path(tempfile.mkdtemp(prefix="phoned-demo-"))
-    primary = KamailioPbx("primary", *PRIMARY, workdir=workdir)
-    backup = KamailioPbx("backup", *BACKUP, workdir=workdir)
+    primary = KamailioPbx("primary", *PRIMARY, workdir=workdir, presence=True)
+    backup = KamailioPbx("backup", *BACKUP, workdir=workdir, presence=True)
     config = workdir / "phoned.toml"
     config.write_text(
         CONFIG.format(
@@ -139,7 +148,9 @@ def run_demo(interval_s: int = 2) -> int:
             _story(phone, primary, interval_s, str(workdir / "control.sock"))
         finally:
             code = phone.stop()
-    print(f"demo: phone stopped (exit {code}); logs were in {workdir}")
+    frames = sorted((workdir / "frames").glob("frame-*.png"))
+    print(f"demo: phone stopped (exit {code}); its display's {len(frames)} frames are PNGs in")
+    print(f"      {workdir / 'frames'} (logs in {workdir})")
     return 0 if code == 0 else 1
 
 
@@ -148,16 +159,31 @@ def _story(phone: PhoneProcess, primary: KamailioPbx, interval_s: int, sock: str
     print("demo: phone starting")
     phone.wait_for(_registered("primary"), budget)
     phone.wait_for(lambda f: f.get("event") == "cycle" and f.get("server") == "backup", budget)
+    _show_phone(sock, "the phone on its primary PBX")
     print("\ndemo: >>> stopping the primary PBX")
     primary.stop()
     phone.wait_for(_registered("backup"), budget)
-    print("\n" + _indent(render_text(control.request(sock, "status"))))
+    _show_phone(sock, "failed over: the phone on the BACKUP")
     print("\ndemo: >>> starting the primary PBX again")
     primary.start()
     phone.wait_for(_registered("primary"), budget)
     phone.wait_for(lambda f: f.get("event") == "registration" and f.get("server") == "backup", 5)
-    print("\n" + _indent(render_text(control.request(sock, "status"))))
+    _show_phone(sock, "failed back: the phone on its primary again")
     print("\ndemo: failed over and back; stopping")
+
+
+def _show_phone(sock: str, title: str) -> None:
+    """The phone's display as it is now (its last PNG frame, drawn in the terminal), and
+    what `phoned status` says."""
+    status = control.request(sock, "status")
+    print(f"\n  --- {title} ---")
+    frame = status.get("device", {}).get("last_frame")
+    if frame and sys.stdout.isatty():
+        with Image.open(frame) as image:
+            print(to_ansi(image.convert("RGB")))
+    elif frame:
+        print(f"    (display frame: {frame})")
+    print(_indent(render_text(status)))
 
 
 def _indent(text: str) -> str:
