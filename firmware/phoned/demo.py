@@ -31,15 +31,7 @@ from phoned.status import render_text
 PRIMARY = ("127.0.0.11", 5060)
 BACKUP = ("127.0.0.12", 5060)
 PHONE_PORT = 5062
-_SHOWN = {
-    "use_server",
-    "registration",
-    "service",
-    "probe_failed",
-    "probe_sent",
-    "cycle",
-    "started",
-}
+_SHOWN = {"use_server", "registration", "service", "probe_failed", "blf", "started"}
 
 CONFIG = """\
 [account]
@@ -76,9 +68,11 @@ class PhoneProcess:
 
     def __init__(self, config: Path) -> None:
         argv = [sys.executable, "-m", "phoned", "run", "--config", str(config)]
+        argv += ["--log-level", "debug"]  # every probe sent, for the offsets
         self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue[str] = queue.Queue()
         self.t0 = time.monotonic()
+        self._attempt_1: dict[tuple[str, str], float] = {}  # (server, cycle) -> when
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -94,11 +88,26 @@ class PhoneProcess:
             except queue.Empty:
                 break
             fields = parse(line)
-            if fields.get("event") in _SHOWN or "DOWN" in line:
-                print(f"  +{time.monotonic() - self.t0:7.3f} s  {_message(line)}")
+            shown = self._shown(fields, time.monotonic())
+            if shown is not None:
+                print(f"  +{time.monotonic() - self.t0:7.3f} s  {shown or _message(line)}")
             if what(fields):
                 return
         raise LabError(f"demo: the phone did not get there within {timeout_s:.0f} s")
+
+    def _shown(self, fields: dict[str, str], now: float) -> str | None:
+        """What the timeline says of a log line: None to skip it, "" for its message."""
+        event = fields.get("event")
+        if event == "probe_sent":
+            key = (fields.get("server", ""), fields.get("cycle", ""))
+            if fields.get("attempt") == "1":
+                self._attempt_1[key] = now
+                return None
+            offset_ms = (now - self._attempt_1.get(key, now)) * 1000
+            return f"probe: OPTIONS #{fields.get('attempt')} to {key[0]} at +{offset_ms:.0f} ms"
+        if event == "cycle":
+            return "" if fields.get("up") == "false" else None
+        return "" if event in _SHOWN else None
 
     def stop(self) -> int:
         """SIGTERM, and the exit code."""
