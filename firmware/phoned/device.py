@@ -9,6 +9,7 @@ callback). A broken LED or display never stops the phone: the failure is logged 
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,12 @@ class DeviceOutput:
         self.profile = load_board(profile_name)
         Path(state_dir).mkdir(parents=True, exist_ok=True)
         self._panel = LedPanel(self.profile, on_key=on_key)
-        self._display = Display.from_spec(self.profile.display, state_dir=state_dir)
+        # SPEC §5: the emulated panel is also drawn in the terminal, on stdout when it is
+        # one (logs go to stderr, so under systemd nothing is drawn).
+        terminal = self.profile.display.driver == "emulated" and sys.stdout.isatty()
+        self._display = Display.from_spec(
+            self.profile.display, state_dir=state_dir, terminal=terminal, stream=sys.stdout
+        )
         self._last: DeviceView | None = None
         self._failed = False
 
