@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -19,6 +18,7 @@ from gpiozero.exc import GPIOPinInUse
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from phoned.board import BoardProfile, load_board
+from phoned.lab.procs import poll_until
 from phoned.leds import LedError, LedPanel
 from phoned.status import LedState
 from phoned.view import DeviceView
@@ -76,13 +76,11 @@ def view(
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float = 2.0) -> bool:
-    """Poll `condition` until it holds or the deadline passes."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.002)
-    return condition()
+    """Poll `condition` until it holds or the deadline passes (the lab's poll_until)."""
+    try:
+        return bool(poll_until(condition, timeout_s=timeout_s, interval_s=0.002))
+    except TimeoutError:
+        return False
 
 
 def history(pin: MockPWMPin, since: int) -> list[float]:
