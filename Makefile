@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := .make
 APT_PACKAGES := kamailio kamailio-presence-modules kamailio-tls-modules sip-tester tcpdump \
                 nftables iproute2 dnsmasq-base openssl wireguard-go wireguard-tools \
-                python3-venv python3-dev gcc procps
+                python3-venv python3-dev gcc procps systemd
 
 .PHONY: test demo deps lint unit integration bench clean
 
