@@ -14,19 +14,17 @@ import argparse
 import re
 import signal
 import socket
-import subprocess
 import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
-from typing import IO, ClassVar
+from typing import ClassVar
 
 from phoned.errors import LabError
 from phoned.lab.netns import netns_socket
-from phoned.lab.procs import poll_until, spawn, stop_process
+from phoned.lab.procs import LabProcess, poll_until
 
 __all__ = ["AppRequest", "AppServer", "http_get", "main"]
 
@@ -65,7 +63,7 @@ def http_get(netns: str | None, host: str, port: int, path: str, timeout_s: floa
     return body.decode(errors="replace")
 
 
-class AppServer:
+class AppServer(LabProcess):
     """`python -m phoned.lab.apps` in `netns`, answering GETs on each of `hosts` at `port`."""
 
     def __init__(
@@ -89,18 +87,11 @@ class AppServer:
         self.name, self.netns, self.port = name, netns, port
         self.hosts = (host, *also)
         self.log_path = Path(workdir) / f"{name}-apps.log"
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
 
     @property
     def host(self) -> str:
         """The main address (the first one given)."""
         return self.hosts[0]
-
-    @property
-    def running(self) -> bool:
-        """Whether the server was started and has not exited."""
-        return self._proc is not None and self._proc.poll() is None
 
     def url(self, path: str, host: str | None = None) -> str:
         """`http://<host>[:port]<path>` on this server (default: its main address)."""
@@ -116,10 +107,9 @@ class AppServer:
         """
         if self.running:
             raise LabError(f"apps {self.name}: already running")
-        self._log = self.log_path.open("ab")
         argv = [sys.executable, "-m", "phoned.lab.apps", "--name", self.name]
         argv += ["--port", str(self.port), *self.hosts]
-        self._proc = spawn(argv, netns=self.netns, log=self._log)
+        self._spawn(argv)
         try:
             poll_until(self._all_answer, timeout_s=timeout_s, interval_s=0.01)
         except TimeoutError as exc:
@@ -147,32 +137,6 @@ class AppServer:
         found = map(_LOG_LINE.match, self.log_path.read_text(errors="replace").splitlines())
         answered = [AppRequest(m.group(1), m.group(2), m.group(3)) for m in found if m]
         return [r for r in answered if include_lab or r.path != _READY_PATH]
-
-    def stop(self, timeout_s: float = 3.0) -> int | None:
-        """Stop the server by PID; idempotent. Its exit status, or None when not started."""
-        status = stop_process(self._proc, timeout_s=timeout_s) if self._proc else None
-        self._proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return status
-
-    def _tail(self) -> str:
-        if not self.log_path.exists():
-            return "(no log)"
-        return " | ".join(self.log_path.read_text(errors="replace").splitlines()[-8:])
-
-    def __enter__(self) -> AppServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 # --------------------------------------------------------------------- the server process

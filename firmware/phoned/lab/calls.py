@@ -19,11 +19,10 @@ import struct
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import IO
 
 from phoned.errors import LabError
-from phoned.lab.netns import call_in_netns, port_in_use, spawn, stop_process
+from phoned.lab.netns import call_in_netns, port_in_use
+from phoned.lab.procs import LabProcess
 
 _SDP = """v=0
       o=lab 1 1 IN IP4 [local_ip]
@@ -188,7 +187,7 @@ def render_uac(target: str, hangup_after_ms: int | None) -> str:
 """
 
 
-class _SippPeer:
+class _SippPeer(LabProcess):
     """One sipp process running a call scenario; counts its logged events."""
 
     def __init__(
@@ -200,13 +199,6 @@ class _SippPeer:
         self.events_path = self.workdir / f"{name}.events"
         self.log_path = self.workdir / f"{name}.log"
         self.error_path = self.workdir / f"{name}.err"
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    @property
-    def running(self) -> bool:
-        """Whether sipp was started and has not exited."""
-        return self._proc is not None and self._proc.poll() is None
 
     def _start(self, scenario: str, extra: list[str]) -> None:
         if self.running:
@@ -215,12 +207,11 @@ class _SippPeer:
             raise LabError(f"sipp {self.name}: udp {self.host}:{self.port} already in use")
         self.scenario_path.write_text(scenario)
         self.events_path.write_text("")
-        self._log = self.log_path.open("ab")
         argv = ["sipp", "-sf", str(self.scenario_path), "-i", self.host, "-p", str(self.port)]
         argv += ["-t", "u1", "-nostdin", "-mp", str(self.port + 2000), "-trace_err"]
         argv += ["-error_file", str(self.error_path), "-trace_logs", "-log_file"]
         argv += [str(self.events_path), *extra]
-        self._proc = spawn(argv, netns=self.netns, log=self._log)
+        self._spawn(argv)
         self._wait_bound()
 
     def _wait_bound(self, timeout_s: float = 5.0) -> None:
@@ -229,7 +220,7 @@ class _SippPeer:
         deadline = time.monotonic() + timeout_s
         while not udp_bound(self.netns, self.host, self.port):
             if not self.running:
-                raise LabError(f"sipp {self.name}: exited at start: {self.tail()}")
+                raise LabError(f"sipp {self.name}: exited at start: {self._tail()}")
             if time.monotonic() >= deadline:
                 self.stop()
                 raise LabError(f"sipp {self.name}: port not bound within {timeout_s} s")
@@ -254,28 +245,11 @@ class _SippPeer:
         """BYEs from the other side that this peer answered with 200."""
         return len(self.events("bye-received"))
 
-    def stop(self, timeout_s: float = 3.0) -> int | None:
-        """Stop sipp (SIGTERM, wait, SIGKILL); idempotent. Its exit status, or None."""
-        status = stop_process(self._proc, timeout_s=timeout_s) if self._proc else None
-        self._proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return status
-
-    def tail(self) -> str:
-        """The last lines of sipp's output and error file."""
+    def _tail(self, lines: int = 10) -> str:
+        """The last lines of sipp's output and error file, on one line."""
         paths = (self.log_path, self.error_path)
         texts = [p.read_text(errors="replace") for p in paths if p.exists()]
-        return " | ".join("\n".join(texts).splitlines()[-10:]) or "(no output)"
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return " | ".join("\n".join(texts).splitlines()[-lines:]) or "(no output)"
 
 
 class SippCallPeer(_SippPeer):
@@ -313,10 +287,6 @@ class SippCallPeer(_SippPeer):
             LabError: already running, port taken, or sipp exited at start.
         """
         self._start(render_uas(self.hangup_after_ms), [])
-
-    def __enter__(self) -> SippCallPeer:
-        self.start()
-        return self
 
 
 class SippCaller(_SippPeer):
@@ -366,7 +336,3 @@ class SippCaller(_SippPeer):
             return self._proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired as exc:
             raise LabError(f"sipp {self.name}: call not over after {timeout_s} s") from exc
-
-    def __enter__(self) -> SippCaller:
-        self.start()
-        return self

@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
-from typing import IO
 
 from phoned.errors import LabError
-from phoned.lab.netns import poll_until, spawn, stop_process
+from phoned.lab.netns import poll_until
 from phoned.lab.pcap import Packet, read_packets
+from phoned.lab.procs import LabProcess
 
 DEFAULT_BPF = "udp port 5060 or icmp"
 
 
-class Capture:
+class Capture(LabProcess):
     """tcpdump on `iface` in `netns`, writing packets matching `bpf` to `path`."""
 
     def __init__(
@@ -38,13 +36,6 @@ class Capture:
         self.netns, self.iface, self.bpf = netns, iface, bpf
         self.path = Path(path)
         self.log_path = self.path.with_name(self.path.name + ".log")
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    @property
-    def running(self) -> bool:
-        """Whether tcpdump was started and has not exited."""
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self, timeout_s: float = 5.0) -> None:
         """Start tcpdump and wait until it reports "listening on".
@@ -54,7 +45,6 @@ class Capture:
         """
         if self.running:
             raise LabError(f"capture {self.path.name}: already running")
-        self._log = self.log_path.open("wb")
         # -Z root: Debian's tcpdump otherwise drops to user tcpdump and cannot write here.
         argv = ["tcpdump", "-n", "-U", "--immediate-mode", "-Z", "root"]
         # Measured: with the defaults (256 KiB snapshots, 2 MiB buffer) a burst of 50
@@ -62,7 +52,7 @@ class Capture:
         # 16 KiB snapshots (SIP here stays under 4 KiB) and a 16 MiB buffer lost none.
         argv += ["-s", "16384", "-B", "16384"]
         argv += ["-i", self.iface, "-w", str(self.path), self.bpf]
-        self._proc = spawn(argv, netns=self.netns, log=self._log)
+        self._spawn(argv, log_mode="wb")  # a fresh log for each capture
         try:
             poll_until(self._listening, timeout_s=timeout_s, interval_s=0.005)
         except (TimeoutError, LabError) as exc:
@@ -74,21 +64,13 @@ class Capture:
             raise LabError("tcpdump exited")
         return "listening on" in self._log_text()
 
-    def _log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
     def stop(self, timeout_s: float = 3.0) -> int | None:
         """Stop tcpdump with SIGINT (it flushes the file) and wait; idempotent.
 
         Returns:
             tcpdump's exit status, or None when it was not started.
         """
-        proc, self._proc = self._proc, None
-        status = stop_process(proc, timeout_s=timeout_s, signum=signal.SIGINT) if proc else None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return status
+        return self._stop_child(timeout_s, signum=signal.SIGINT)
 
     def dropped(self) -> int:
         """Packets tcpdump reported "dropped by kernel" (known once it has stopped)."""
@@ -116,15 +98,3 @@ class Capture:
             return poll_until(matched, timeout_s=timeout_s, interval_s=0.002)
         except TimeoutError as exc:
             raise LabError(f"capture {self.path.name}: expected packets not seen") from exc
-
-    def __enter__(self) -> Capture:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

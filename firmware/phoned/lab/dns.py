@@ -13,16 +13,14 @@ server): a name that was removed answers NXDOMAIN at once instead of timing out.
 from __future__ import annotations
 
 import struct
-import subprocess
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import IO
 
 from phoned.errors import LabError
-from phoned.lab.netns import netns_socket, spawn, stop_process
+from phoned.lab.netns import netns_socket
+from phoned.lab.procs import LabProcess
 
 DNS_PORT = 53
 _RCODE_MASK = 0x000F
@@ -63,7 +61,7 @@ def probe_query(name: str) -> bytes:
     return header + labels + b"\x00" + struct.pack("!HH", 1, 1)
 
 
-class DnsServer:
+class DnsServer(LabProcess):
     """dnsmasq on `host:53` inside `netns`, serving the records set through this object."""
 
     def __init__(self, netns: str | None, host: str, *, workdir: Path) -> None:
@@ -79,13 +77,6 @@ class DnsServer:
         self._a: dict[str, str] = {}
         self._srv: list[SrvRecord] = []
         self._names: set[str] = set()
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    @property
-    def running(self) -> bool:
-        """Whether dnsmasq was started and has not exited."""
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self, timeout_s: float = 5.0) -> None:
         """Write the config, start dnsmasq and wait until it answers a query.
@@ -94,11 +85,9 @@ class DnsServer:
             LabError: dnsmasq exited or did not answer in time.
         """
         self.conf_path.write_text(render_conf(self.host, self._a, self._srv, self._names))
-        if self._log is None:
-            self._log = self.log_path.open("ab")
         argv = ["dnsmasq", "--keep-in-foreground", "--log-facility=-", "--pid-file="]
         argv += [f"--conf-file={self.conf_path}"]
-        self._proc = spawn(argv, netns=self.netns, log=self._log)
+        self._spawn(argv)
         try:
             self._wait_ready(timeout_s)
         except BaseException:
@@ -123,7 +112,7 @@ class DnsServer:
 
     def _apply(self) -> None:
         if self.running:
-            self.stop(keep_log=True)
+            self.stop()  # dnsmasq re-reads neither A nor SRV records on SIGHUP
             self.start()
 
     def set_a(self, name: str, ip: str) -> None:
@@ -149,32 +138,6 @@ class DnsServer:
         self._a.pop(name, None)
         self._srv = [r for r in self._srv if r.service != name]
         self._apply()
-
-    def stop(self, timeout_s: float = 3.0, *, keep_log: bool = False) -> int | None:
-        """Stop dnsmasq by PID; idempotent. Its exit status, or None when not started."""
-        status = stop_process(self._proc, timeout_s=timeout_s) if self._proc else None
-        self._proc = None
-        if self._log is not None and not keep_log:
-            self._log.close()
-            self._log = None
-        return status
-
-    def _tail(self) -> str:
-        if not self.log_path.exists():
-            return "(no log)"
-        return " | ".join(self.log_path.read_text(errors="replace").splitlines()[-8:])
-
-    def __enter__(self) -> DnsServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def resolve_status(netns: str | None, server: str, name: str, timeout_s: float = 1.0) -> int:

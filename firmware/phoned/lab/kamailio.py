@@ -25,8 +25,6 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import IO
 
 from phoned.errors import LabError
 from phoned.lab.kamailio_cfg import (
@@ -38,7 +36,8 @@ from phoned.lab.kamailio_cfg import (
     render_tls_cfg,
     write_db,
 )
-from phoned.lab.netns import netns_socket, port_in_use, signal_group, spawn, stop_process
+from phoned.lab.netns import netns_socket, port_in_use, signal_group
+from phoned.lab.procs import LabProcess
 from phoned.lab.sipreq import dialog_info_xml, publish_request, response_status, split_message
 from phoned.lab.tls import TlsFiles
 
@@ -85,7 +84,7 @@ def options_round_trip(
             return None
 
 
-class KamailioPbx:
+class KamailioPbx(LabProcess):
     """One lab Kamailio: registrar + OPTIONS responder on UDP `host:port`, and more.
 
     With `users`: digest auth (401 for REGISTER, 407 for INVITE/SUBSCRIBE/PUBLISH, 403 for
@@ -143,21 +142,9 @@ class KamailioPbx:
         self.config_path = self.workdir / f"{name}.cfg"
         self.log_path = self.workdir / f"{name}.log"
         self.start_time_ms: float | None = None  #: spawn -> first answer, last start
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
         self._rundir: Path | None = None
         self._log_offset = 0
         self._frozen = False
-
-    @property
-    def pid(self) -> int | None:
-        """PID of the running Kamailio main process (its process group id), or None."""
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        """Whether the process was started and has not exited."""
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self, timeout_s: float = 5.0) -> None:
         """Render the config, start Kamailio and wait until it answers an OPTIONS.
@@ -173,13 +160,12 @@ class KamailioPbx:
         self._rundir = Path(tempfile.mkdtemp(prefix=f"phl-{self.name[:12]}-"))
         self._etags.clear()
         self.config_path.write_text(self._render(self._rundir / "ctl.sock"))
-        self._log = self.log_path.open("ab")
         self._log_offset = len(self._log_text())
         argv = ["kamailio", "-DD", "-E", "-f", str(self.config_path)]
         argv += ["-P", str(self._rundir / "kamailio.pid"), "-Y", str(self._rundir)]
         argv += ["-w", str(self._rundir), "-m", "32", "-M", "8", "-n", "2"]
         started = time.monotonic()
-        self._proc = spawn(argv, netns=self.netns, log=self._log)
+        self._spawn(argv)
         try:
             self._wait_ready(started, timeout_s)
         except BaseException:
@@ -224,9 +210,6 @@ class KamailioPbx:
         since_start = self._log_text()[self._log_offset :]
         return f" {call_id}\n" in since_start and _CTL_READY in since_start
 
-    def _log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
     def stop(self, timeout_s: float = 3.0) -> int | None:
         """Stop Kamailio (SIGTERM, wait, SIGKILL); idempotent.
 
@@ -236,13 +219,7 @@ class KamailioPbx:
         if self._frozen and self.running:
             self.thaw()
         self._frozen = False
-        status = None
-        if self._proc is not None:
-            status = stop_process(self._proc, timeout_s=timeout_s, resend=self._term_lost)
-        self._proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        status = self._stop_child(timeout_s, resend=self._term_lost)
         if self._rundir is not None:
             shutil.rmtree(self._rundir, ignore_errors=True)
             self._rundir = None
@@ -347,21 +324,7 @@ class KamailioPbx:
 
     def log_tail(self, lines: int = 15) -> str:
         """The last lines of Kamailio's log, for error messages."""
-        if not self.log_path.exists():
-            return "(no log)"
-        return " | ".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def __enter__(self) -> KamailioPbx:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return self._tail(lines)
 
 
 def free_udp_port(netns: str | None, host: str) -> int:

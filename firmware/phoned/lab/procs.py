@@ -2,7 +2,8 @@
 
 Owns: the argv that runs a program under `ip netns exec`, starting a program in its own
 session (process group), stopping that group (TERM, wait, KILL, reap every member), and
-`poll_until`, the lab's one way to wait for a condition with a deadline.
+`poll_until`, the lab's one way to wait for a condition with a deadline, and `LabProcess`,
+the life cycle every lab peer shares (its child, its log file, stop by PID, `with`).
 Must not touch: any process it was not handed (no lookups by name, no broad kills).
 `phoned.lab.netns` re-exports these names for older imports.
 """
@@ -15,7 +16,9 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from typing import IO, TypeVar
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Self, TypeVar
 
 from phoned.errors import LabError
 
@@ -131,3 +134,73 @@ def poll_until(
         if time.monotonic() >= deadline:
             raise TimeoutError(f"condition not met within {timeout_s} s")
         time.sleep(interval_s)  # polling interval with a deadline, not synchronization
+
+
+class LabProcess:
+    """A lab peer run as one child process (Kamailio, sipp, dnsmasq, tcpdump, ...).
+
+    Subclasses set `netns` and `log_path` and write `start()`, launching their program
+    with `_spawn()`; everything else (PID, stop by PID, log file, `with`) is here.
+    """
+
+    netns: str | None
+    log_path: Path
+    _proc: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the running child (its process group id), or None."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        """Whether the child was started and has not exited."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> None:
+        """Start the peer and wait until it serves (each subclass says how)."""
+        raise NotImplementedError
+
+    def _spawn(self, argv: Sequence[str], *, log_mode: str = "ab") -> None:
+        """Start `argv` in `netns`, its output appended to (or, "wb", replacing) the log."""
+        self._log = self.log_path.open(log_mode)
+        self._proc = spawn(argv, netns=self.netns, log=self._log)
+
+    def stop(self, timeout_s: float = 3.0) -> int | None:
+        """Stop the child by PID (TERM, wait, KILL); idempotent.
+
+        Returns:
+            Its exit status, or None when it was not started.
+        """
+        return self._stop_child(timeout_s)
+
+    def _stop_child(self, timeout_s: float, **stop_kw: Any) -> int | None:  # noqa: ANN401
+        proc, self._proc = self._proc, None
+        status = stop_process(proc, timeout_s=timeout_s, **stop_kw) if proc else None
+        self._close_log()
+        return status
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def _log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def _tail(self, lines: int = 8) -> str:
+        """The log's last lines on one line, for error messages."""
+        return " | ".join(self._log_text().splitlines()[-lines:]) or "(no log)"
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

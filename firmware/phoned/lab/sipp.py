@@ -15,16 +15,14 @@ from __future__ import annotations
 import contextlib
 import http
 import socket
-import subprocess
 import time
 import uuid
 from pathlib import Path
-from types import TracebackType
-from typing import IO
 
 from phoned.errors import LabError
 from phoned.lab.kamailio import options_request
-from phoned.lab.netns import netns_socket, port_in_use, spawn, stop_process
+from phoned.lab.netns import netns_socket, port_in_use
+from phoned.lab.procs import LabProcess
 
 _READY_PREFIX = "lab-sipp-ready-"
 #: sipp's cap on simultaneous calls: each OPTIONS is a call that lives `delay_ms`.
@@ -62,7 +60,7 @@ def _reason(status: int) -> str:
         return "Status"
 
 
-class SippResponder:
+class SippResponder(LabProcess):
     """sipp answering every OPTIONS on UDP `host:port` after `delay_ms` with `status`."""
 
     def __init__(
@@ -92,18 +90,6 @@ class SippResponder:
         self.scenario_path = self.workdir / f"{name}.xml"
         self.log_path = self.workdir / f"{name}.log"
         self.error_path = self.workdir / f"{name}.err"
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    @property
-    def pid(self) -> int | None:
-        """PID of the running sipp, or None."""
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        """Whether sipp was started and has not exited."""
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self, timeout_s: float = 5.0) -> None:
         """Write the scenario, start sipp and wait until it answers an OPTIONS.
@@ -118,11 +104,10 @@ class SippResponder:
         self.scenario_path.write_text(
             render_scenario(self.delay_ms, self.status, _reason(self.status))
         )
-        self._log = self.log_path.open("ab")
         argv = ["sipp", "-sf", str(self.scenario_path), "-i", self.host, "-p", str(self.port)]
         argv += ["-t", "u1", "-nostdin", "-l", str(MAX_CALLS)]
         argv += ["-trace_err", "-error_file", str(self.error_path)]
-        self._proc = spawn(argv, netns=self.netns, log=self._log)
+        self._spawn(argv)
         try:
             self._wait_ready(timeout_s)
         except BaseException:
@@ -154,32 +139,8 @@ class SippResponder:
             return False
         return f"Call-ID: {_READY_PREFIX}".encode() in reply
 
-    def stop(self, timeout_s: float = 3.0) -> int | None:
-        """Stop sipp (SIGTERM, wait, SIGKILL); idempotent.
-
-        Returns:
-            Its exit status, or None when it was not started.
-        """
-        status = stop_process(self._proc, timeout_s=timeout_s) if self._proc else None
-        self._proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return status
-
-    def _tail(self) -> str:
+    def _tail(self, lines: int = 10) -> str:
+        """The last lines of sipp's output and error file, on one line."""
         paths = (self.log_path, self.error_path)
         texts = [p.read_text(errors="replace") for p in paths if p.exists()]
-        return " | ".join("\n".join(texts).splitlines()[-10:]) or "(no output)"
-
-    def __enter__(self) -> SippResponder:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return " | ".join("\n".join(texts).splitlines()[-lines:]) or "(no output)"

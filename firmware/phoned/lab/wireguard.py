@@ -26,14 +26,12 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import IO
 
 from phoned.errors import LabError
 from phoned.lab.apps import AppServer
 from phoned.lab.netns import PBX1_IP, PBX2_IP, Lab
 from phoned.lab.phone import SettingsTables, TomlValue
-from phoned.lab.procs import ns_argv, poll_until, spawn, stop_process
+from phoned.lab.procs import LabProcess, ns_argv, poll_until
 
 __all__ = [
     "BACKUP_TUNNEL_CIDR", "PHONE_TUNNEL_CIDR", "PHONE_TUNNEL_IP", "PRIMARY_TUNNEL_CIDR",
@@ -105,7 +103,7 @@ def make_keypair(workdir: Path, name: str = "phone") -> tuple[Path, str]:
     return path, public
 
 
-class WireGuardEndpoint:
+class WireGuardEndpoint(LabProcess):
     """A `wireguard-go` interface in `netns` with an address, a listen port and peers.
 
     Lab PBXs use one each (pbx1 198.18.1.1/24, pbx2 198.18.2.1/24, each with the phone as
@@ -146,8 +144,6 @@ class WireGuardEndpoint:
         self.key_path: Path | None = private_key_file
         self.public_key = ""
         self.log_path = self.workdir / f"{name}-wg.log"
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
         self._lo_added = False
 
     @property
@@ -159,11 +155,6 @@ class WireGuardEndpoint:
     def tunnel_ip(self) -> str:
         """The interface's own tunnel address, without the prefix length."""
         return self.tunnel_cidr.split("/", 1)[0]
-
-    @property
-    def running(self) -> bool:
-        """Whether wireguard-go was started and has not exited."""
-        return self._proc is not None and self._proc.poll() is None
 
     @property
     def uapi_socket(self) -> Path:
@@ -183,8 +174,7 @@ class WireGuardEndpoint:
         else:
             key = self.key_path.read_text()
             self.public_key = _run(None, ["wg", "pubkey"], stdin=key).strip()
-        self._log = self.log_path.open("ab")
-        self._proc = spawn(["wireguard-go", "-f", self.ifname], netns=self.netns, log=self._log)
+        self._spawn(["wireguard-go", "-f", self.ifname])
         try:
             self._wait_uapi(timeout_s)
             self._configure()
@@ -282,31 +272,7 @@ class WireGuardEndpoint:
             # The namespace may be gone already (lab torn down first): nothing to remove.
             with contextlib.suppress(LabError):
                 _run(self.netns, ["ip", "addr", "del", self.loopback_cidr, "dev", "lo"])
-        status = None
-        if self._proc is not None:
-            status = stop_process(self._proc, timeout_s=timeout_s)
-            self._proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return status
-
-    def _tail(self) -> str:
-        if not self.log_path.exists():
-            return "(no log)"
-        return " | ".join(self.log_path.read_text(errors="replace").splitlines()[-8:])
-
-    def __enter__(self) -> WireGuardEndpoint:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return self._stop_child(timeout_s)
 
 
 # --------------------------------------------------------------------- the VPN lab
