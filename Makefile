@@ -1,5 +1,8 @@
 # phoned: `make test` and `make demo` work on a fresh Debian 12 machine as root.
 # Each installs what it needs (apt packages once, a venv in .venv), then runs.
+# `make test` is what CI runs: the host's lint and tests, then the arm64 image built
+# (scripts/build-image, which installs its own tools) and proven under QEMU
+# (scripts/test-arm64).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -7,11 +10,17 @@ BIN    := $(VENV)/bin
 STAMP  := .make
 APT_PACKAGES := kamailio kamailio-presence-modules kamailio-tls-modules sip-tester tcpdump \
                 nftables iproute2 dnsmasq-base openssl wireguard-go wireguard-tools \
-                python3-venv python3-dev gcc procps systemd
+                python3-venv python3-dev gcc procps systemd shellcheck
+IMAGE  := build/image/phoned-rootfs-arm64.tar.gz
+# What goes into the image: it is rebuilt only when one of these changed.
+IMAGE_INPUTS := scripts/build-image scripts/binfmt-arm64 setup.cfg pyproject.toml README.md \
+                $(shell find firmware board -type f -not -path '*/__pycache__/*' -not -path '*.egg-info/*')
 
-.PHONY: test demo deps lint unit integration bench clean
+.PHONY: test test-host demo deps lint unit integration image arm64 bench clean
 
-test: deps
+test: test-host arm64
+
+test-host: deps
 	$(BIN)/pre-commit run --all-files --show-diff-on-failure
 	$(BIN)/pytest -q -p no:cacheprovider
 
@@ -28,6 +37,14 @@ unit: $(STAMP)/venv
 
 integration: deps
 	$(BIN)/pytest -q tests/integration
+
+image: $(IMAGE)
+
+$(IMAGE): $(IMAGE_INPUTS)
+	scripts/build-image
+
+arm64: $(IMAGE)
+	scripts/test-arm64
 
 bench: deps
 	$(BIN)/python scripts/bench-failover
