@@ -13,9 +13,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
+
+from phoned.lab.procs import poll_until
 
 CONFIG = "/etc/phoned/phoned.toml"
 TESTS = "/opt/phoned-tests"
@@ -86,16 +87,18 @@ def status_json() -> dict[str, object]:
 
 
 def registered_on_primary() -> str | None:
-    deadline = time.monotonic() + 60
-    status: dict[str, object] = {}
-    while time.monotonic() < deadline:
+    def registered() -> dict[str, object] | None:
         status = status_json()
-        if status.get("active") == "primary" and status.get("registered") is True:
-            display = status.get("display")
-            print(f"vm-check:     display: {display}", flush=True)
-            return None
-        time.sleep(0.5)
-    return f"status after 60 s: active={status.get('active')} registered={status.get('registered')}"
+        on_primary = status.get("active") == "primary" and status.get("registered") is True
+        return status if on_primary else None
+
+    try:
+        status = poll_until(registered, timeout_s=60, interval_s=0.5)
+    except TimeoutError:
+        last = status_json()
+        return f"after 60 s: active={last.get('active')} registered={last.get('registered')}"
+    print(f"vm-check:     display: {status.get('display')}", flush=True)
+    return None
 
 
 def kernel_wireguard() -> str | None:
