@@ -61,6 +61,8 @@ $(STAMP)/venv: setup.cfg pyproject.toml Makefile
 	@mkdir -p $(STAMP)
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	# the lab (firmware/phonelab) beside the product: importable here, never in the wheel
+	$(BIN)/python -c 'import pathlib, site; pathlib.Path(site.getsitepackages()[0], "phonelab.pth").write_text("$(CURDIR)/firmware\n")'
 	@touch $@
 
 clean:

@@ -72,24 +72,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _demo(interval_s: int) -> int:
-    from phoned.demo import run_demo  # noqa: PLC0415 - the lab is only for the demo
+    try:
+        from phonelab.demo import run_demo  # noqa: PLC0415 - the lab is only for the demo
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not exc.name.startswith("phonelab"):
+            raise
+        print(
+            "phoned demo: the lab is not installed here (it is a development tool, never on "
+            "a phone); run `make demo` from a phoned checkout",
+            file=sys.stderr,
+        )
+        return 2
 
     return run_demo(interval_s=interval_s)
 
 
 def _run(config_path: str, level: str) -> int:
-    from phoned.config import load_settings  # noqa: PLC0415 - keep `status` light
+    from phoned.config.loader import load_settings  # noqa: PLC0415 - keep `status` light
     from phoned.logfmt import setup_logging  # noqa: PLC0415
 
     settings = load_settings(config_path)  # bad settings: a message, before pjsua2 loads
-    from phoned.supervisor import Supervisor  # noqa: PLC0415 - imports pjsua2
+    from phoned.service.supervisor import Supervisor  # noqa: PLC0415 - imports pjsua2
 
     setup_logging(getattr(logging, level.upper()))
     return Supervisor(settings).run()
 
 
 def _check_config(path: str) -> int:
-    from phoned.config import load_settings  # noqa: PLC0415
+    from phoned.config.loader import load_settings  # noqa: PLC0415
 
     settings = load_settings(path)
     backup = (
@@ -102,7 +112,7 @@ def _check_config(path: str) -> int:
 
 
 def _control_socket(config_path: str) -> str:
-    from phoned.config import load_settings  # noqa: PLC0415
+    from phoned.config.loader import load_settings  # noqa: PLC0415
 
     if config_path == DEFAULT_CONFIG and not os.path.exists(config_path):
         return DEFAULT_CONTROL_SOCKET  # no settings file here: try the default socket
@@ -110,8 +120,8 @@ def _control_socket(config_path: str) -> str:
 
 
 def _status(config_path: str, as_json: bool) -> int:
-    from phoned.control import request  # noqa: PLC0415
-    from phoned.status import render_text  # noqa: PLC0415
+    from phoned.service.control import request  # noqa: PLC0415
+    from phoned.service.status import render_text  # noqa: PLC0415
 
     try:
         snapshot = request(_control_socket(config_path), "status")
@@ -123,7 +133,7 @@ def _status(config_path: str, as_json: bool) -> int:
 
 
 def _ask(config_path: str, cmd: str, args: dict[str, object]) -> int:
-    from phoned.control import request  # noqa: PLC0415
+    from phoned.service.control import request  # noqa: PLC0415
 
     try:
         result = request(_control_socket(config_path), cmd, args)

@@ -25,9 +25,5 @@ class ControlError(PhonedError, ConnectionError):
     """The control socket of the running service cannot be reached or answered badly."""
 
 
-class LabError(PhonedError, RuntimeError):
-    """A lab peer (Kamailio, sipp, a namespace) could not be set up."""
-
-
 class VpnError(PhonedError, OSError):
     """The tunnel could not be created, configured, switched or read."""

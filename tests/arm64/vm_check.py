@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from phoned.lab.procs import poll_until
+from phonelab.procs import poll_until
 
 CONFIG = "/etc/phoned/phoned.toml"
 TESTS = "/opt/phoned-tests"

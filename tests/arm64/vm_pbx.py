@@ -13,7 +13,7 @@ import selectors
 import socket
 import sys
 
-from phoned.sdnotify import notify
+from phoned.service.sdnotify import notify
 
 PORT = 5060
 ECHOED = ("via", "from", "call-id", "cseq")

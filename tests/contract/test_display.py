@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageChops
 
-import phoned.display
-from phoned.board import DisplaySpec
-from phoned.display import Display, DisplayError, to_ansi
-from phoned.screen import render
-from phoned.status import LedState
-from phoned.view import DeviceView
+import phoned.device.display
+from phoned.device.board import DisplaySpec
+from phoned.device.display import Display, DisplayError, to_ansi
+from phoned.device.screen import render
+from phoned.device.view import DeviceView
+from phoned.service.status import LedState
 
 PRIMARY = DeviceView(
     top_line="1001  primary",
@@ -216,7 +216,7 @@ def bus(monkeypatch: pytest.MonkeyPatch) -> RecordingSerial:
         serial.opened = (bus, args)
         return serial
 
-    monkeypatch.setattr(phoned.display, "_open_serial", open_serial)
+    monkeypatch.setattr(phoned.device.display, "_open_serial", open_serial)
     return serial
 
 

@@ -17,11 +17,11 @@ from gpiozero import LED
 from gpiozero.exc import GPIOPinInUse
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-from phoned.board import BoardProfile, load_board
-from phoned.lab.procs import poll_until
-from phoned.leds import LedError, LedPanel
-from phoned.status import LedState
-from phoned.view import DeviceView
+from phoned.device.board import BoardProfile, load_board
+from phoned.device.leds import LedError, LedPanel
+from phoned.device.view import DeviceView
+from phoned.service.status import LedState
+from phonelab.procs import poll_until
 
 BLINK_S = 0.02
 FLASH_S = 0.02

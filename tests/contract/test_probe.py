@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from phoned.clock import Clock, MonotonicClock
+from phoned.core.events import Event, ProbeAnswered, ProbeFailed, Server
 from phoned.errors import ProbeError
-from phoned.events import Event, ProbeAnswered, ProbeFailed, Server
-from phoned.lab.kamailio import KamailioPbx, free_udp_port
-from phoned.probe import AttemptBook, ProbeTarget, UdpProber
-from phoned.sipmsg import parse_response
+from phoned.probe.sipmsg import parse_response
+from phoned.probe.udp import AttemptBook, ProbeTarget, UdpProber
+from phonelab.kamailio import KamailioPbx, free_udp_port
 
 P, B = Server.PRIMARY, Server.BACKUP
 WAIT_S = 3.0

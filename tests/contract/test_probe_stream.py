@@ -25,15 +25,15 @@ from typing import TypeVar
 import pytest
 
 from phoned.clock import MonotonicClock
+from phoned.core.events import CycleJudged, Event, ProbeAnswered, ProbeFailed, SendProbe, Server
+from phoned.core.failover import FailoverPolicy, PolicySettings
 from phoned.errors import ProbeError
-from phoned.events import CycleJudged, Event, ProbeAnswered, ProbeFailed, SendProbe, Server
-from phoned.failover import FailoverPolicy, PolicySettings
-from phoned.lab.tls import CertAuthority, TlsFiles, self_signed
-from phoned.monitor import KeepaliveMonitor
-from phoned.probe import ProbeTarget
-from phoned.probe_stream import StreamProber
-from phoned.sipmsg import StreamFramer
-from phoned.stream_conn import tls_context
+from phoned.probe.connection import tls_context
+from phoned.probe.sipmsg import StreamFramer
+from phoned.probe.stream import StreamProber
+from phoned.probe.udp import ProbeTarget
+from phoned.service.monitor import KeepaliveMonitor
+from phonelab.tls import CertAuthority, TlsFiles, self_signed
 
 P, B = Server.PRIMARY, Server.BACKUP
 WAIT_S = 3.0

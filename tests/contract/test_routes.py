@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from phoned.routes import PHONED_RTPROT, RouteError, RouteTable
+from phoned.net.routes import PHONED_RTPROT, RouteError, RouteTable
 
 FOREIGN = "198.18.200.0/24"
 

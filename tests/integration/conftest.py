@@ -37,12 +37,12 @@ from typing import Any
 
 import pytest
 
-from phoned.lab.calls import SippCaller, SippCallPeer
-from phoned.lab.capture import Capture
-from phoned.lab.dns import DnsServer
-from phoned.lab.faults import Faults
-from phoned.lab.kamailio import KamailioPbx
-from phoned.lab.netns import (
+from phonelab.calls import SippCaller, SippCallPeer
+from phonelab.capture import Capture
+from phonelab.dns import DnsServer
+from phonelab.faults import Faults
+from phonelab.kamailio import KamailioPbx
+from phonelab.netns import (
     DNS_IP,
     PBX1_IP,
     PBX2_IP,
@@ -53,11 +53,11 @@ from phoned.lab.netns import (
     cleanup_stale,
     netns_socket,
 )
-from phoned.lab.phone import RunningPhone, write_config
-from phoned.lab.proxy import KamailioProxy
-from phoned.lab.sipp import SippResponder
-from phoned.lab.tls import CertAuthority
-from phoned.lab.wireguard import VpnLab, open_vpn_lab
+from phonelab.phone import RunningPhone, write_config
+from phonelab.proxy import KamailioProxy
+from phonelab.sipp import SippResponder
+from phonelab.tls import CertAuthority
+from phonelab.wireguard import VpnLab, open_vpn_lab
 
 PhoneUdp = Callable[[str, int], socket.socket]
 MakeSipp = Callable[..., SippResponder]

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from phoned.errors import LabError
-from phoned.lab.capture import Capture
-from phoned.lab.faults import Faults
-from phoned.lab.kamailio import KamailioPbx, free_udp_port, options_request
-from phoned.lab.netns import PBX1_IP, PBX2_IP, PHONE_IP, Lab, cleanup_stale, list_netns
-from phoned.lab.pcap import Packet, sip_summary
-from phoned.lab.sipp import SippResponder
+from phonelab.capture import Capture
+from phonelab.errors import LabError
+from phonelab.faults import Faults
+from phonelab.kamailio import KamailioPbx, free_udp_port, options_request
+from phonelab.netns import PBX1_IP, PBX2_IP, PHONE_IP, Lab, cleanup_stale, list_netns
+from phonelab.pcap import Packet, sip_summary
+from phonelab.sipp import SippResponder
 
 PhoneUdp = Callable[[str, int], socket.socket]
 MakeSipp = Callable[..., SippResponder]

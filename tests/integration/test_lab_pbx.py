@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from phoned.lab.calls import SippCaller, SippCallPeer
-from phoned.lab.dns import DnsServer, resolve_status
-from phoned.lab.kamailio import TLS_PORT, KamailioPbx, options_request
-from phoned.lab.netns import (
+from phonelab.calls import SippCaller, SippCallPeer
+from phonelab.dns import DnsServer, resolve_status
+from phonelab.kamailio import TLS_PORT, KamailioPbx, options_request
+from phonelab.netns import (
     DNS_IP,
     PBX1_IP,
     PBX2_IP,
@@ -29,8 +29,8 @@ from phoned.lab.netns import (
     list_netns,
     poll_until,
 )
-from phoned.lab.proxy import KamailioProxy
-from phoned.lab.sipreq import (
+from phonelab.proxy import KamailioProxy
+from phonelab.sipreq import (
     digest_authorization,
     ok_for,
     register_request,
@@ -38,7 +38,7 @@ from phoned.lab.sipreq import (
     split_message,
     subscribe_request,
 )
-from phoned.lab.tls import CertAuthority, self_signed
+from phonelab.tls import CertAuthority, self_signed
 
 PhoneUdp = Callable[[str, int], socket.socket]
 MakePbx = Callable[..., KamailioPbx]

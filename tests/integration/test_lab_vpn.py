@@ -16,13 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from phoned.errors import LabError
-from phoned.lab.apps import AppServer, http_get
-from phoned.lab.faults import Faults
-from phoned.lab.kamailio import KamailioPbx, options_round_trip
-from phoned.lab.netns import PBX1_IP, PHONE_IP, Lab, netns_socket
-from phoned.lab.phone import render_toml
-from phoned.lab.wireguard import (
+from phoned.config.settings import VpnSettings
+from phonelab.apps import AppServer, http_get
+from phonelab.errors import LabError
+from phonelab.faults import Faults
+from phonelab.kamailio import KamailioPbx, options_round_trip
+from phonelab.netns import PBX1_IP, PHONE_IP, Lab, netns_socket
+from phonelab.phone import render_toml
+from phonelab.wireguard import (
     PHONE_TUNNEL_CIDR,
     PHONE_TUNNEL_IP,
     SHARED_IP,
@@ -33,7 +34,6 @@ from phoned.lab.wireguard import (
     open_vpn_lab,
     unique_ifname,
 )
-from phoned.settings import VpnSettings
 
 MakePbx = Callable[..., KamailioPbx]
 PRIMARY_NET = "198.18.1.0/24"
@@ -169,7 +169,7 @@ def test_blackholing_the_pbx_namespace_silences_sip_through_its_tunnel(
 
 
 def test_settings_tables_parse_as_an_enabled_vpn(vpn_lab: VpnLab, tmp_path: Path) -> None:
-    from phoned.config import parse_settings  # noqa: PLC0415 - only this test needs it
+    from phoned.config.loader import parse_settings  # noqa: PLC0415 - only this test needs it
 
     text = render_toml(
         {"account": {"username": "1001", "password": "x"}, "server": {"address": "198.18.1.1"}}

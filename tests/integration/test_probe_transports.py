@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from phoned.clock import MonotonicClock
-from phoned.events import (
+from phoned.core.events import (
     Action,
     CycleJudged,
     Event,
@@ -36,15 +36,15 @@ from phoned.events import (
     SendProbe,
     Server,
 )
-from phoned.failover import FailoverPolicy, PolicySettings
-from phoned.lab.capture import Capture
-from phoned.lab.dns import DnsServer
-from phoned.lab.kamailio import TLS_PORT, KamailioPbx
-from phoned.lab.netns import PBX1_IP, PBX2_IP, PHONE_IP, Lab, ns_argv, stop_process
-from phoned.lab.tls import CertAuthority, self_signed
-from phoned.monitor import KeepaliveMonitor
-from phoned.probe import ProbeTarget
-from phoned.resolve import make_prober
+from phoned.core.failover import FailoverPolicy, PolicySettings
+from phoned.probe.resolve import make_prober
+from phoned.probe.udp import ProbeTarget
+from phoned.service.monitor import KeepaliveMonitor
+from phonelab.capture import Capture
+from phonelab.dns import DnsServer
+from phonelab.kamailio import TLS_PORT, KamailioPbx
+from phonelab.netns import PBX1_IP, PBX2_IP, PHONE_IP, Lab, ns_argv, stop_process
+from phonelab.tls import CertAuthority, self_signed
 
 MakePbx = Callable[..., KamailioPbx]
 Line = dict[str, Any]

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from phoned.lab.capture import Capture
-from phoned.lab.faults import Faults
-from phoned.lab.kamailio import KamailioPbx
-from phoned.lab.netns import PBX1_IP, PBX2_IP, PHONE_IP, Lab, poll_until
-from phoned.lab.pcap import Packet, sip_summary
-from phoned.lab.phone import RunningPhone, sip_from_phone
+from phonelab.capture import Capture
+from phonelab.faults import Faults
+from phonelab.kamailio import KamailioPbx
+from phonelab.netns import PBX1_IP, PBX2_IP, PHONE_IP, Lab, poll_until
+from phonelab.pcap import Packet, sip_summary
+from phonelab.phone import RunningPhone, sip_from_phone
 
 OFFSET_TOLERANCE_S = 0.03
 SWITCH_TOLERANCE_S = 0.1

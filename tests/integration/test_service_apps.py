@@ -10,10 +10,10 @@ import pytest
 from conftest import StartPhone
 from test_service import SWITCH_TIMEOUT_S, registered
 
-from phoned.lab.apps import AppServer
-from phoned.lab.faults import Faults
-from phoned.lab.kamailio import KamailioPbx
-from phoned.lab.netns import PBX1_IP, PBX2_IP, Lab
+from phonelab.apps import AppServer
+from phonelab.faults import Faults
+from phonelab.kamailio import KamailioPbx
+from phonelab.netns import PBX1_IP, PBX2_IP, Lab
 
 APPS = {
     "contacts": f"http://{PBX1_IP}/apps/contacts",

@@ -22,11 +22,11 @@ from test_service import (
     wait_cycles,
 )
 
-from phoned.lab.calls import SippCallPeer
-from phoned.lab.capture import Capture
-from phoned.lab.faults import Faults
-from phoned.lab.kamailio import ConfigExtensions, KamailioPbx
-from phoned.lab.netns import (
+from phonelab.calls import SippCallPeer
+from phonelab.capture import Capture
+from phonelab.faults import Faults
+from phonelab.kamailio import ConfigExtensions, KamailioPbx
+from phonelab.netns import (
     PBX1_IP,
     PBX2_IP,
     PEER_IP,
@@ -36,8 +36,8 @@ from phoned.lab.netns import (
     Lab,
     poll_until,
 )
-from phoned.lab.pcap import Packet, sip_summary
-from phoned.lab.phone import RunningPhone, SettingsTables, sip_from_phone
+from phonelab.pcap import Packet, sip_summary
+from phonelab.phone import RunningPhone, SettingsTables, sip_from_phone
 
 MakePbx = Callable[..., KamailioPbx]
 KEYS = ["1002", "1003"]

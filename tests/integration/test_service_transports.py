@@ -31,13 +31,13 @@ from test_service import (
     wait_cycles,
 )
 
-from phoned.lab.capture import Capture
-from phoned.lab.dns import DnsServer
-from phoned.lab.faults import Faults
-from phoned.lab.kamailio import TLS_PORT, KamailioPbx
-from phoned.lab.netns import PBX1_IP, PBX2_IP, PHONE_IP, Lab
-from phoned.lab.phone import RunningPhone, SettingsTables, sip_from_phone
-from phoned.lab.tls import CertAuthority, self_signed
+from phonelab.capture import Capture
+from phonelab.dns import DnsServer
+from phonelab.faults import Faults
+from phonelab.kamailio import TLS_PORT, KamailioPbx
+from phonelab.netns import PBX1_IP, PBX2_IP, PHONE_IP, Lab
+from phonelab.phone import RunningPhone, SettingsTables, sip_from_phone
+from phonelab.tls import CertAuthority, self_signed
 
 MakePbx = Callable[..., KamailioPbx]
 #: A port for the SRV case that nothing would reach by default.

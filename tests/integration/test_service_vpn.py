@@ -12,14 +12,14 @@ import pytest
 from conftest import MakePbx, StartPhone
 from test_service import SWITCH_TIMEOUT_S, registered
 
-from phoned.lab.apps import http_get
-from phoned.lab.faults import Faults
-from phoned.lab.kamailio import KamailioPbx
-from phoned.lab.netns import Lab, poll_until
-from phoned.lab.phone import RunningPhone
-from phoned.lab.wireguard import PHONE_TUNNEL_IP, SHARED_IP, VpnLab
+from phonelab.apps import http_get
+from phonelab.faults import Faults
+from phonelab.kamailio import KamailioPbx
+from phonelab.netns import Lab, poll_until
+from phonelab.phone import RunningPhone
+from phonelab.wireguard import PHONE_TUNNEL_IP, SHARED_IP, VpnLab
 
-PHONED_RTPROT = "80"  # phoned.routes.PHONED_RTPROT, as `ip route` prints it
+PHONED_RTPROT = "80"  # phoned.net.routes.PHONED_RTPROT, as `ip route` prints it
 
 
 def vpn_phone(start_phone: StartPhone, vpn_lab: VpnLab) -> RunningPhone:

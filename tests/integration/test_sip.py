@@ -21,13 +21,10 @@ from typing import Any
 
 import pytest
 
+from phoned.core.events import Server
 from phoned.errors import SipError
-from phoned.events import Server
-from phoned.lab.capture import Capture
-from phoned.lab.kamailio import ConfigExtensions, KamailioPbx, free_udp_port
-from phoned.lab.pcap import sip_summary
-from phoned.lab.proxy import KamailioProxy
-from phoned.sip import (
+from phoned.sip.account import RetryPolicy, account_config, sip_uri
+from phoned.sip.stack import (
     BlfChanged,
     BlfState,
     PjsuaStack,
@@ -37,7 +34,10 @@ from phoned.sip import (
     SipIdentity,
     SipTarget,
 )
-from phoned.sip_account import RetryPolicy, account_config, sip_uri
+from phonelab.capture import Capture
+from phonelab.kamailio import ConfigExtensions, KamailioPbx, free_udp_port
+from phonelab.pcap import sip_summary
+from phonelab.proxy import KamailioProxy
 
 PASSWORD = "s3cret-Pw9"  # noqa: S105  # the lab PBX's test password
 IDENTITY = SipIdentity(username="1001", password=PASSWORD, auth_username="1001")

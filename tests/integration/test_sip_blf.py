@@ -19,13 +19,13 @@ from pathlib import Path
 import pjsua2 as pj
 import pytest
 
-from phoned.blf import BlfState
-from phoned.lab.capture import Capture
-from phoned.lab.kamailio import KamailioPbx, free_udp_port
-from phoned.lab.pcap import Packet
-from phoned.pjsip_hooks import IncomingRequest, IncomingRequestHook, parse_request, uri_user
-from phoned.sip_account import RetryPolicy, SipIdentity, SipTarget, TxGate, account_config
-from phoned.sip_blf import BlfSubscriptions
+from phoned.sip.account import RetryPolicy, SipIdentity, SipTarget, TxGate, account_config
+from phoned.sip.dialog_info import BlfState
+from phoned.sip.pjsip_hooks import IncomingRequest, IncomingRequestHook, parse_request, uri_user
+from phoned.sip.subscriptions import BlfSubscriptions
+from phonelab.capture import Capture
+from phonelab.kamailio import KamailioPbx, free_udp_port
+from phonelab.pcap import Packet
 
 PASSWORD = "blf-Pw-4235"  # noqa: S105  # the lab PBX's test password
 IDENTITY = SipIdentity(username="1001", password=PASSWORD)

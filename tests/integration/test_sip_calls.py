@@ -24,13 +24,13 @@ from test_sip import (
     wait_for,
 )
 
+from phoned.core.events import Server
 from phoned.errors import SipError
-from phoned.events import Server
-from phoned.lab.calls import SippCaller, SippCallPeer
-from phoned.lab.capture import Capture
-from phoned.lab.kamailio import KamailioPbx, free_udp_port
-from phoned.lab.pcap import sip_summary
-from phoned.sip import CallChanged, CallDirection, CallInfo, CallState, RegState
+from phoned.sip.stack import CallChanged, CallDirection, CallInfo, CallState, RegState
+from phonelab.calls import SippCaller, SippCallPeer
+from phonelab.capture import Capture
+from phonelab.kamailio import KamailioPbx, free_udp_port
+from phonelab.pcap import sip_summary
 
 __all__ = ["make_phone", "pbx1", "pbx2"]  # fixtures shared with test_sip.py
 

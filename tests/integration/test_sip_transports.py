@@ -20,11 +20,11 @@ from test_sip import (
     wait_for,
 )
 
+from phoned.core.events import Server
 from phoned.errors import SipError
-from phoned.events import Server
-from phoned.lab.kamailio import TLS_PORT, KamailioPbx
-from phoned.lab.tls import CertAuthority, self_signed
-from phoned.sip import RegState, SipTarget
+from phoned.sip.stack import RegState, SipTarget
+from phonelab.kamailio import TLS_PORT, KamailioPbx
+from phonelab.tls import CertAuthority, self_signed
 
 __all__ = ["make_phone", "pbx1"]  # fixtures shared with test_sip.py
 

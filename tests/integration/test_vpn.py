@@ -27,13 +27,13 @@ from pathlib import Path
 
 import pytest
 
+from phoned.config.settings import VpnPeer, VpnSettings
+from phoned.core.events import Server
 from phoned.errors import VpnError
-from phoned.events import Server
-from phoned.lab.netns import netns_socket
-from phoned.lab.procs import poll_until, spawn, stop_process
-from phoned.routes import RouteTable
-from phoned.settings import VpnPeer, VpnSettings
-from phoned.vpn import WireGuardVpn
+from phoned.net.routes import RouteTable
+from phoned.net.vpn import WireGuardVpn
+from phonelab.netns import netns_socket
+from phonelab.procs import poll_until, spawn, stop_process
 
 P, B = Server.PRIMARY, Server.BACKUP
 ECHO_PORT = 7007
@@ -362,9 +362,9 @@ def test_status_never_shows_key_material(vpn: WireGuardVpn, topo: Topology) -> N
 
 _CRASHER = """
 import json, sys
-from phoned.events import Server
-from phoned.settings import VpnPeer, VpnSettings
-from phoned.vpn import WireGuardVpn
+from phoned.core.events import Server
+from phoned.config.settings import VpnPeer, VpnSettings
+from phoned.net.vpn import WireGuardVpn
 raw = json.loads(sys.argv[1])
 peers = {r: VpnPeer(**{**raw[r], "allowed_ips": tuple(raw[r]["allowed_ips"])})
          for r in ("primary", "backup")}

@@ -8,9 +8,9 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from phoned.apps import AppError, app_urls, fetch
-from phoned.events import Server
-from phoned.settings import AppLink
+from phoned.config.settings import AppLink
+from phoned.core.events import Server
+from phoned.net.apps import AppError, app_urls, fetch
 
 APPS = (
     AppLink("contacts", "http://203.0.113.10/apps/contacts"),

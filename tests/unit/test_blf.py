@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from phoned.blf import (
+from phoned.sip.dialog_info import (
     MAX_BODY_BYTES,
     BlfState,
     DialogInfo,
@@ -18,8 +18,8 @@ from phoned.blf import (
     parse_dialog_document,
     parse_dialog_info,
 )
-from phoned.pjsip_hooks import has_tag, parse_request, uri_user
-from phoned.sip_blf import buddy_uri
+from phoned.sip.pjsip_hooks import has_tag, parse_request, uri_user
+from phoned.sip.subscriptions import buddy_uri
 
 KAMAILIO_RINGING = (
     b'<?xml version="1.0"?>\n<dialog-info xmlns="urn:ietf:params:xml:ns:dialog-info" '

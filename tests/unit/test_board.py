@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from phoned.board import (
+from phoned.device.board import (
     BiLedPins,
     DisplaySpec,
     StatusLedPins,

@@ -1,4 +1,4 @@
-"""Tests of phoned.config: loading, defaults, every validation rule and its message."""
+"""Tests of phoned.config.loader: loading, defaults, every validation rule and its message."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import phoned
-from phoned.config import (
+from phoned.config.check import scan_lines
+from phoned.config.loader import (
     REDACTED,
     AccountSettings,
     ServerSettings,
@@ -20,8 +21,7 @@ from phoned.config import (
     load_settings,
     parse_settings,
 )
-from phoned.configcheck import scan_lines
-from phoned.configrules import is_host
+from phoned.config.rules import is_host
 from phoned.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "board" / "phoned.toml"

@@ -8,7 +8,7 @@ from typing import Any, cast
 import pytest
 
 from fakes import FakeClock
-from phoned.events import (
+from phoned.core.events import (
     Action,
     CycleJudged,
     Event,
@@ -23,7 +23,7 @@ from phoned.events import (
     UseServer,
     Verdict,
 )
-from phoned.failover import FailoverPolicy, PolicyError, PolicySettings
+from phoned.core.failover import FailoverPolicy, PolicyError, PolicySettings
 
 P, B = Server.PRIMARY, Server.BACKUP
 START_S = 1000.0  # the fake clock's reading at boot

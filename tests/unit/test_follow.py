@@ -1,4 +1,4 @@
-"""`phoned.lab.follow` on loopback: datagrams paced until stopped, app fetches until a server."""
+"""`phonelab.follow` on loopback: datagrams paced until stopped, app fetches until a server."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from phoned.control import ControlServer
-from phoned.errors import LabError
-from phoned.lab.follow import PAYLOAD, Datagrams, fetch_until
+from phoned.service.control import ControlServer
+from phonelab.errors import LabError
+from phonelab.follow import PAYLOAD, Datagrams, fetch_until
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ also fed a broken text, to show it can fail.
 
 from __future__ import annotations
 
+import configparser
 import re
 import shlex
 import shutil
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import setuptools  # type: ignore[import-untyped]
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile.cross"
@@ -419,3 +421,16 @@ def test_configure_flags_and_wheel_platforms_agree(script: str, dockerfile: str)
 
     assert "manylinux2014" in script_tags
     assert set(re.findall(r"\b(manylinux[_0-9]*[0-9])_aarch64\b", dockerfile)) == script_tags
+
+
+def test_the_wheel_carries_phoned_and_never_the_lab() -> None:
+    """setup.cfg's package list: every phoned subpackage, and phonelab left out (issue 10)."""
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    include = cfg["options.packages.find"]["include"].split(",")
+    found = setuptools.find_packages(str(REPO / "firmware"), include=[i.strip() for i in include])
+    assert "phonelab" not in " ".join(found)
+    subpackages = {
+        p.name for p in (REPO / "firmware" / "phoned").iterdir() if (p / "__init__.py").exists()
+    }
+    assert {f"phoned.{name}" for name in subpackages} | {"phoned"} == set(found)

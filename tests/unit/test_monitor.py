@@ -10,9 +10,9 @@ from collections.abc import Sequence
 import pytest
 
 from phoned.clock import MonotonicClock
-from phoned.events import Action, Event, ProbeAnswered, Server, UseServer
-from phoned.failover import FailoverPolicy, PolicySettings
-from phoned.monitor import KeepaliveMonitor
+from phoned.core.events import Action, Event, ProbeAnswered, Server, UseServer
+from phoned.core.failover import FailoverPolicy, PolicySettings
+from phoned.service.monitor import KeepaliveMonitor
 
 
 class RecordingProber:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from phoned.errors import LabError
-from phoned.lab import pcap
-from phoned.lab.pcap import (
+from phonelab import pcap
+from phonelab.errors import LabError
+from phonelab.pcap import (
     Packet,
     SipSummary,
     parse_pcap,

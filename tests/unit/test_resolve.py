@@ -17,10 +17,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import pytest
 
 from phoned.clock import MonotonicClock
-from phoned.events import Event, ProbeFailed, Server
-from phoned.probe import ProbeTarget, UdpProber
-from phoned.probe_stream import StreamProber
-from phoned.resolve import (
+from phoned.core.events import Event, ProbeFailed, Server
+from phoned.probe.resolve import (
     LOOKUP_LATE,
     NO_NAME,
     ResolveError,
@@ -31,6 +29,8 @@ from phoned.resolve import (
     resolve_target,
     srv_name,
 )
+from phoned.probe.stream import StreamProber
+from phoned.probe.udp import ProbeTarget, UdpProber
 
 P, B = Server.PRIMARY, Server.BACKUP
 WAIT_S = 3.0

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageChops
 
-from phoned.screen import fit, font, render, top_text, wrap
-from phoned.status import LedState
-from phoned.view import DeviceView
+from phoned.device.screen import fit, font, render, top_text, wrap
+from phoned.device.view import DeviceView
+from phoned.service.status import LedState
 
 GOLDEN_DIR = Path(__file__).resolve().parent.parent / "golden"
 REGEN = ".venv/bin/python scripts/regen-golden"

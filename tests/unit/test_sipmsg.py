@@ -8,7 +8,7 @@ import re
 import pytest
 
 from phoned.errors import PhonedError
-from phoned.sipmsg import (
+from phoned.probe.sipmsg import (
     BRANCH_COOKIE,
     FramingError,
     OptionsTemplate,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from phoned import sdnotify
-from phoned.settings import ServiceSettings
+from phoned.config.settings import ServiceSettings
+from phoned.service import sdnotify
 
 UNIT = Path(__file__).resolve().parents[2] / "board" / "phoned.service"
 
@@ -102,7 +102,7 @@ def test_the_watchdog_is_pinged_at_half_its_interval(
     monkeypatch.setenv("WATCHDOG_USEC", "30000000")
     monkeypatch.setattr(sdnotify, "_last_watchdog", 0.0)
     now = [1000.0]
-    monkeypatch.setattr("phoned.sdnotify.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("phoned.service.sdnotify.time.monotonic", lambda: now[0])
 
     sdnotify.watchdog()
     now[0] += 14.9

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from phoned.errors import LabError
-from phoned.lab.pcap import Packet
-from phoned.lab.timing import (
+from phonelab.errors import LabError
+from phonelab.pcap import Packet
+from phonelab.timing import (
     Segment,
     attempt_starts,
     blf_timing,

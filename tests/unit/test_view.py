@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from phoned.events import Server, Service, Verdict
-from phoned.status import LedState, StatusBoard
-from phoned.view import view_from_snapshot
+from phoned.core.events import Server, Service, Verdict
+from phoned.device.view import view_from_snapshot
+from phoned.service.status import LedState, StatusBoard
 
 
 def board() -> StatusBoard:

@@ -1,0 +1,8 @@
+"""The prober (SPEC §1): OPTIONS out, replies in, on sockets of its own.
+
+Owns: `sipmsg` (OPTIONS bytes, response parsing and stream framing: pure, bounded),
+`udp` (one connected UDP socket per server), `connection` and `stream` (TCP/TLS without
+blocking), `resolve` (names resolved before each cycle, off the monitor thread; the only
+importer of dnspython). It turns the wire into `core.events` and nothing else.
+Must not touch: pjsua2, the core's decisions, the status board.
+"""

@@ -1,0 +1,427 @@
+"""The UDP prober: sends SPEC §1's OPTIONS and turns what comes back into events.
+
+Owns: one UDP socket per probed server, the attempts sent in the last two cycles, and
+the matching of replies to attempts. Must not touch: timing (when to send is the core's
+`SendProbe`; the monitor calls `send` at once), failover decisions, pjsua2.
+
+Rule 1: one `connect()`ed socket per server. Linux reports ICMP port unreachable only to
+a connected UDP socket (STACK-NOTES): the error fails the next `recv` (or the next `send`,
+and that datagram is *not* sent), within a fraction of a millisecond of the probe.
+Rule 2: a reply counts only if it matches an attempt exactly: top Via branch, Call-ID,
+CSeq number and method, and the source address and port of the target. Anything else
+is counted in `unmatched` and ignored. A final reply is reported once per attempt.
+Rule 3: `send` and `receive` never raise for network errors: they become `ProbeFailed`
+for the latest attempt sent to that server.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import itertools
+import logging
+import socket
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from phoned.clock import Clock
+from phoned.core.events import Event, ProbeAnswered, ProbeFailed, Server
+from phoned.errors import ProbeError
+from phoned.probe.sipmsg import (
+    OptionsTemplate,
+    SipResponse,
+    format_hostport,
+    new_branch,
+    new_call_id,
+    new_tag,
+    parse_response,
+)
+
+log = logging.getLogger(__name__)
+
+_MAX_DATAGRAM = 65535
+#: Datagrams read per `receive` call at most, so a flood cannot starve the monitor loop;
+#: the rest stay readable for its next `select`.
+_MAX_DRAIN = 256
+_CYCLES_KEPT = 2  # the task brief: remember the attempts of the last two cycles
+
+#: errno of a send or receive -> the `ProbeFailed.reason` the core and logs see.
+_NETWORK_ERRORS: Mapping[int, str] = {
+    errno.ECONNREFUSED: "port unreachable",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ENETUNREACH: "network unreachable",
+    errno.EHOSTDOWN: "host down",
+    errno.ENETDOWN: "network down",
+    errno.EADDRNOTAVAIL: "no local address",
+    errno.EPERM: "blocked by firewall",
+    errno.EACCES: "blocked by firewall",
+    errno.EMSGSIZE: "message too long",
+    errno.ENOBUFS: "no buffer space",
+    errno.EAGAIN: "send buffer full",
+    errno.ETIMEDOUT: "timed out",
+    errno.ECONNRESET: "connection reset",
+    errno.EPROTO: "protocol error",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeTarget:
+    """Where a server's OPTIONS go.
+
+    As configured (`make_prober`'s input), `host` is an IP literal or a name, and port 0
+    asks for DNS SRV. As handed to a transport prober, `host` is always an IP literal and
+    `name` the configured name it was resolved from (None for a literal): TLS checks the
+    server certificate against `name or host`.
+    """
+
+    host: str
+    port: int
+    name: str | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """`(host, port)`, as the SIP stack wants it."""
+        return (self.host, self.port)
+
+    @property
+    def is_literal(self) -> bool:
+        """Whether `host` is an IP address (nothing to resolve but SRV for port 0)."""
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        return True
+
+
+@dataclass(slots=True)
+class _Attempt:
+    cycle: int
+    attempt: int
+    call_id: str
+    cseq: int
+    sent_at: float  #: clock seconds, taken just before the datagram was handed over
+    answered: bool = False  #: a final (>= 200) reply was reported already
+
+
+class AttemptBook:
+    """The attempts sent to one server in the last two cycles, and reply matching.
+
+    Pure (no sockets, no clock): the prober's IO wraps it, tests drive it directly.
+
+    Args:
+        server: the server the attempts went to.
+        peer: the target as the kernel reports sources, `(ip_text, port)`.
+    """
+
+    def __init__(self, server: Server, peer: tuple[str, int]) -> None:
+        self.server = server
+        self.peer = peer
+        self._by_branch: dict[str, _Attempt] = {}
+        self._latest: _Attempt | None = None
+
+    def unanswered(self, branch: str) -> tuple[int, int] | None:
+        """(cycle, attempt) of the attempt sent with `branch`, if still remembered and
+        without a final reply; None otherwise."""
+        sent = self._by_branch.get(branch)
+        return None if sent is None or sent.answered else (sent.cycle, sent.attempt)
+
+    @property
+    def latest(self) -> tuple[int, int] | None:
+        """(cycle, attempt) of the latest attempt sent, if any."""
+        return None if self._latest is None else (self._latest.cycle, self._latest.attempt)
+
+    def record(
+        self, branch: str, *, cycle: int, attempt: int, call_id: str, cseq: int, sent_at: float
+    ) -> None:
+        """Remember a sent attempt and forget those older than the last two cycles."""
+        oldest_kept = cycle - (_CYCLES_KEPT - 1)
+        stale = [b for b, a in self._by_branch.items() if a.cycle < oldest_kept]
+        for old_branch in stale:
+            del self._by_branch[old_branch]
+        sent = _Attempt(cycle, attempt, call_id, cseq, sent_at)
+        self._by_branch[branch] = sent
+        self._latest = sent
+
+    def match(
+        self, response: SipResponse | None, source: tuple[str, int], now: float
+    ) -> ProbeAnswered | None:
+        """The answer `response` gives to one of our attempts, or None if it matches none.
+
+        `source` is the sender `(ip_text, port)` as `recvfrom` reported it.
+        """
+        if response is None or source != self.peer or response.via_branch is None:
+            return None
+        sent = self._by_branch.get(response.via_branch)
+        if (
+            sent is None
+            or sent.answered
+            or response.call_id != sent.call_id
+            or response.cseq_number != sent.cseq
+            or response.cseq_method != "OPTIONS"
+        ):
+            return None
+        if response.status_code >= 200:
+            sent.answered = True
+        rtt_ms = max(0.0, (now - sent.sent_at) * 1000.0)
+        return ProbeAnswered(self.server, sent.cycle, sent.attempt, response.status_code, rtt_ms)
+
+
+@dataclass(slots=True)
+class _Link:
+    """One server's socket and what was sent through it."""
+
+    server: Server
+    target: ProbeTarget
+    sock: socket.socket
+    book: AttemptBook
+    cseq: Iterator[int]
+    template: OptionsTemplate | None = None  #: built once the socket is connected
+    local_host: str = ""
+
+
+class UdpProber:
+    """Sends OPTIONS over UDP, one connected socket per server, and matches the replies.
+
+    Args:
+        targets: where each probed server is reached (only the primary when
+            `backup_destination = false`).
+        from_user: the user part of the From URI (the account's username).
+        domain: the SIP domain of the From URI.
+        user_agent: the User-Agent header.
+        clock: monotonic seconds; the round-trip times come from it.
+
+    Raises:
+        ProbeError: a socket could not be created, or a target or text is invalid.
+    """
+
+    def __init__(
+        self,
+        targets: Mapping[Server, ProbeTarget],
+        *,
+        from_user: str,
+        domain: str,
+        user_agent: str,
+        clock: Clock,
+    ) -> None:
+        self._from_user = from_user
+        self._domain = domain
+        self._user_agent = user_agent
+        self._clock = clock
+        self._unmatched = 0
+        self._links: dict[Server, _Link] = self._open_all(targets)
+
+    # -- public -------------------------------------------------------------------
+    @property
+    def unmatched(self) -> int:
+        """Responses that matched no attempt (counted, otherwise ignored)."""
+        return self._unmatched
+
+    def sockets(self) -> list[socket.socket]:
+        """The sockets to `select()` on, one per server; re-read after `retarget`."""
+        return [link.sock for link in self._links.values()]
+
+    def writers(self) -> list[socket.socket]:
+        """Sockets waiting to become writable: none, UDP sends never wait."""
+        return []
+
+    def writable(self, _sock: socket.socket) -> list[Event]:
+        """Nothing to do: see `writers`."""
+        return []
+
+    def prepare(self, _next_cycle_at: float | None, _now: float) -> float | None:
+        """Nothing to prepare before a cycle (targets are IP literals)."""
+        return None
+
+    def resolved(self, server: Server) -> tuple[str, int] | None:
+        """The address `server` is probed at, None if it has no target."""
+        target = self._target(server)
+        return None if target is None else target.address
+
+    def send(self, server: Server, cycle: int, attempt: int) -> list[Event]:
+        """Send attempt `attempt` of cycle `cycle` to `server` now.
+
+        Returns:
+            `ProbeFailed` events: for this attempt if it could not be sent, or for an
+            earlier one whose ICMP error surfaced on this send. Usually empty.
+        """
+        link = self._links.get(server)
+        if link is None:
+            log.warning("probe: %s has no target -> attempt %d missed", server.value, attempt)
+            return [ProbeFailed(server, cycle, attempt, "no target")]
+        template = link.template or self._connect(link)
+        if isinstance(template, str):
+            return [ProbeFailed(server, cycle, attempt, template)]
+        return self._send_attempt(link, template, cycle, attempt)
+
+    def receive(self, sock: socket.socket) -> list[Event]:
+        """Read the datagrams ready on `sock` (one of `sockets()`; others give nothing).
+
+        Returns:
+            `ProbeAnswered` per matched reply, `ProbeFailed` per network error (for the
+            latest attempt sent to that server); unmatched replies are only counted.
+
+        Raises:
+            ProbeError: a local fault that is not the network's (e.g. a closed socket).
+        """
+        link = next((lk for lk in self._links.values() if lk.sock is sock), None)
+        if link is None:
+            return []
+        events: list[Event] = []
+        for _ in range(_MAX_DRAIN):
+            try:
+                data, source = sock.recvfrom(_MAX_DATAGRAM)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno not in _NETWORK_ERRORS:
+                    raise ProbeError(f"probe: cannot read {link.server.value}: {exc}") from exc
+                events.extend(self._failed_latest(link, network_reason(exc)))
+                continue
+            answer = link.book.match(parse_response(data), source[:2], self._clock.now())
+            if answer is None:
+                self._unmatched += 1
+                log.debug("probe: %d bytes from %s unmatched -> ignored", len(data), source)
+            else:
+                events.append(answer)
+        return events
+
+    def retarget(self, targets: Mapping[Server, ProbeTarget]) -> None:
+        """Apply new targets: unchanged servers keep their socket and attempts, changed
+        or new ones get a fresh socket, removed ones are closed.
+
+        Raises:
+            ProbeError: a new socket could not be created; the old targets stay in force.
+        """
+        changed = {s: t for s, t in targets.items() if self._target(s) != t}
+        fresh = self._open_all(changed)
+        for server, link in list(self._links.items()):
+            if server not in targets or server in fresh:
+                link.sock.close()
+                del self._links[server]
+        self._links.update(fresh)
+        for server, target in changed.items():
+            log.info("probe: %s -> %s", server.value, format_hostport(target.host, target.port))
+
+    def close(self) -> None:
+        """Close every socket (idempotent)."""
+        for link in self._links.values():
+            link.sock.close()
+        self._links.clear()
+
+    def __enter__(self) -> UdpProber:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- sockets ------------------------------------------------------------------
+    def _template(
+        self, target_host: str, target_port: int, local_host: str, local_port: int
+    ) -> OptionsTemplate:
+        return OptionsTemplate.create(
+            target_host=target_host,
+            target_port=target_port,
+            local_host=local_host,
+            local_port=local_port,
+            transport="udp",
+            from_user=self._from_user,
+            domain=self._domain,
+            user_agent=self._user_agent,
+        )
+
+    def _target(self, server: Server) -> ProbeTarget | None:
+        link = self._links.get(server)
+        return None if link is None else link.target
+
+    def _open_all(self, targets: Mapping[Server, ProbeTarget]) -> dict[Server, _Link]:
+        links: dict[Server, _Link] = {}
+        try:
+            for server, target in targets.items():
+                links[server] = self._open(server, target)
+        except ProbeError:
+            for link in links.values():
+                link.sock.close()
+            raise
+        return links
+
+    def _open(self, server: Server, target: ProbeTarget) -> _Link:
+        """A non-blocking socket for `target`, connected if the network allows now."""
+        try:
+            ip = ipaddress.ip_address(target.host)
+        except ValueError as exc:
+            raise ProbeError(f"probe: {server.value} host {target.host!r}: {exc}") from exc
+        try:  # settings errors surface here, not later on the send path
+            self._template(target.host, target.port, "192.0.2.2", 5060)
+        except ValueError as exc:
+            raise ProbeError(f"probe: cannot build OPTIONS for {server.value}: {exc}") from exc
+        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+        try:
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+        except OSError as exc:
+            raise ProbeError(f"probe: cannot open a socket for {server.value}: {exc}") from exc
+        book = AttemptBook(server, (str(ip), target.port))
+        link = _Link(server, target, sock, book, itertools.count(1))
+        connected = self._connect(link)
+        if isinstance(connected, str):  # e.g. no route yet at boot: retried at each send
+            log.warning("probe: %s %s: %s -> retry at next probe", server.value, ip, connected)
+        return link
+
+    def _connect(self, link: _Link) -> OptionsTemplate | str:
+        """Connect `link.sock` and build its template; the template, or why not.
+
+        The Via carries the local address the kernel chose for this route, and replies
+        are accepted from the peer exactly as the kernel spells it (as `recvfrom` will).
+        """
+        try:
+            link.sock.connect((link.target.host, link.target.port))
+            local_host, local_port = link.sock.getsockname()[:2]
+            peer_host, peer_port = link.sock.getpeername()[:2]
+        except OSError as exc:
+            return network_reason(exc)
+        local_host = local_host.partition("%")[0]  # no IPv6 zone id in a Via
+        link.template = self._template(link.target.host, link.target.port, local_host, local_port)
+        link.local_host = local_host
+        link.book.peer = (peer_host, peer_port)
+        return link.template
+
+    # -- attempts -----------------------------------------------------------------
+    def _send_attempt(
+        self, link: _Link, template: OptionsTemplate, cycle: int, attempt: int
+    ) -> list[Event]:
+        branch, call_id, cseq = new_branch(), new_call_id(link.local_host), next(link.cseq)
+        data = template.render(call_id=call_id, cseq=cseq, branch=branch, from_tag=new_tag())
+        events: list[Event] = []
+        for _ in range(2):
+            sent_at = self._clock.now()
+            try:
+                link.sock.send(data)
+            except ConnectionRefusedError:
+                # A pending ICMP error of an earlier attempt failed this send without
+                # sending: report it for that attempt, then try once more for this one.
+                if link.book.latest is None:
+                    break
+                events.extend(self._failed_latest(link, "port unreachable"))
+                continue
+            except OSError as exc:
+                return [*events, ProbeFailed(link.server, cycle, attempt, network_reason(exc))]
+            link.book.record(
+                branch, cycle=cycle, attempt=attempt, call_id=call_id, cseq=cseq, sent_at=sent_at
+            )
+            return events
+        return [*events, ProbeFailed(link.server, cycle, attempt, "port unreachable")]
+
+    def _failed_latest(self, link: _Link, reason: str) -> list[Event]:
+        latest = link.book.latest
+        if latest is None:
+            return []
+        cycle, attempt = latest
+        log.debug("probe: %s attempt %d of cycle %d: %s", link.server.value, attempt, cycle, reason)
+        return [ProbeFailed(link.server, cycle, attempt, reason)]
+
+
+def network_reason(exc: OSError) -> str:
+    """A short reason for logs and the core; unknown errors keep their strerror."""
+    if exc.errno is None:
+        return str(exc) or type(exc).__name__
+    return _NETWORK_ERRORS.get(exc.errno) or (exc.strerror or errno.errorcode.get(exc.errno, "?"))

@@ -1,0 +1,197 @@
+"""The keepalive monitor: the thread that runs the failover core on a monotonic clock.
+
+Owns: the loop `deadline = policy.next_deadline()`, wait on the prober's sockets until then,
+feed answers and deadlines to the core, send the probes it asks for at once, and hand every
+other action to the supervisor. Must not touch: pjsua2, the status board, or any decision
+(the core decides; this thread only carries events in and actions out).
+
+The thread never blocks but in `select`: a stream prober's connects and TLS handshakes
+progress when its sockets turn writable or readable (`writers()`, `writable()`), and name
+lookups run on the prober's own workers, started through `prepare()` ahead of each cycle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from phoned.clock import Clock
+from phoned.core.events import Action, Event, SendProbe, Server
+from phoned.core.failover import FailoverPolicy, PolicyError
+
+log = logging.getLogger(__name__)
+
+#: Longest wait without a deadline, so that the heartbeat keeps beating (watchdog).
+_MAX_WAIT_S = 1.0
+
+
+class Prober(Protocol):
+    """What the monitor needs of a prober (`probe.UdpProber`, `probe_stream.StreamProber`,
+    `resolve.ResolvingProber`)."""
+
+    def sockets(self) -> Sequence[socket.socket]:
+        """Sockets to wait on for reading."""
+        ...
+
+    def writers(self) -> Sequence[socket.socket]:
+        """Sockets to wait on for writing (connects, handshakes, unsent bytes)."""
+        ...
+
+    def prepare(self, next_cycle_at: float | None, now: float) -> float | None:
+        """Work ahead of the next cycle start; returns when to be called again."""
+        ...
+
+    def send(self, server: Server, cycle: int, attempt: int) -> list[Event]:
+        """Send one attempt now."""
+        ...
+
+    def receive(self, sock: socket.socket) -> list[Event]:
+        """`sock` (of `sockets()`) is readable."""
+        ...
+
+    def writable(self, sock: socket.socket) -> list[Event]:
+        """`sock` (of `writers()`) is writable."""
+        ...
+
+    def close(self) -> None:
+        """Release every socket and worker."""
+        ...
+
+
+class KeepaliveMonitor:
+    """Drives a `FailoverPolicy` with a `Prober` on a thread of its own.
+
+    Args:
+        policy: the core; only this thread touches it once started.
+        prober: sends OPTIONS and turns replies into events.
+        clock: monotonic time, the same the core was created with.
+        on_action: receives every action but SendProbe (UseServer, CycleJudged, ...).
+        observe: sees every probe sent and every event fed, for logs (optional).
+    """
+
+    def __init__(
+        self,
+        policy: FailoverPolicy,
+        prober: Prober,
+        clock: Clock,
+        on_action: Callable[[Action], None],
+        observe: Callable[[Event | SendProbe, float], None] | None = None,
+    ) -> None:
+        self._policy = policy
+        self._prober = prober
+        self._clock = clock
+        self._on_action = on_action
+        self._observe = observe
+        self._inbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="keepalive", daemon=True)
+        self.heartbeat = time.monotonic()
+        #: The core's next deadline and the last one fired (clock seconds), published so
+        #: that the supervisor can poll pjsua2 briskly only when actions may come.
+        self.next_deadline_at: float | None = None
+        self.last_deadline_at = float("-inf")
+
+    # -- called from other threads -------------------------------------------------
+    def start(self) -> None:
+        """Start the thread; the core's `start()` actions go out first."""
+        self._thread.start()
+
+    def post(self, event: Event) -> None:
+        """Hand an event to the core (thread-safe), e.g. RegistrationFailed."""
+        self._inbox.put(event)
+        self._wake()
+
+    def stop(self, timeout_s: float = 1.0) -> None:
+        """Stop the thread and close the prober's sockets."""
+        self._stop.set()
+        self._wake()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            log.error("keepalive: thread did not stop within %.1f s", timeout_s)
+        self._prober.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the thread runs."""
+        return self._thread.is_alive()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):  # already awake, or closing
+            self._wake_w.send(b"\0")
+
+    # -- the thread --------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception:
+            # The supervisor sees the thread gone, stops pinging the watchdog and exits 1
+            # so that systemd restarts the service; say why first.
+            log.exception("keepalive: thread crashed")
+            raise
+
+    def _loop(self) -> None:
+        self._dispatch(self._policy.start(self._clock.now()))
+        while not self._stop.is_set():
+            self.heartbeat = time.monotonic()
+            deadline = self._policy.next_deadline()
+            self.next_deadline_at = deadline
+            now = self._clock.now()
+            if deadline is not None and now >= deadline:
+                self.last_deadline_at = now
+                self._dispatch(self._policy.on_deadline(now))
+                continue
+            prepare_at = self._prober.prepare(self._policy.snapshot().next_cycle_at, now)
+            wake_at = [t for t in (deadline, prepare_at) if t is not None]
+            self._wait(min([_MAX_WAIT_S, *(t - now for t in wake_at)]))
+
+    def _wait(self, wait_s: float) -> None:
+        readers = [*self._prober.sockets(), self._wake_r]
+        writers = list(self._prober.writers())
+        readable, writable, _ = select.select(readers, writers, [], max(0.0, wait_s))
+        for sock in readable:
+            if sock is self._wake_r:
+                self._drain_wake()
+            else:
+                self._feed(self._prober.receive(sock))
+        for sock in writable:
+            self._feed(self._prober.writable(sock))
+        while not self._inbox.empty():
+            self._feed([self._inbox.get_nowait()])
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            while self._wake_r.recv(64):
+                pass
+
+    def _feed(self, events: list[Event]) -> None:
+        for event in events:
+            now = self._clock.now()
+            if self._observe is not None:
+                self._observe(event, now)
+            try:
+                actions = self._policy.handle(event, now)
+            except PolicyError as exc:  # one odd event must not stop the probing
+                log.error("keepalive: %s ignored: %s", type(event).__name__, exc)
+                continue
+            self._dispatch(actions)
+
+    def _dispatch(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, SendProbe):
+                self._feed(self._prober.send(action.server, action.cycle, action.attempt))
+                if self._observe is not None:
+                    self._observe(action, self._clock.now())
+            else:
+                self._on_action(action)

@@ -1,0 +1,111 @@
+"""Where each PBX is reached: probe target, SIP target and call sources, from the settings.
+
+Owns: turning `[server]` and `[redundancy]` into one `ServerTargets` per server, and the
+choice of the address handed to the SIP stack at a switch (SPEC §1: names are resolved at
+each cycle, SRV when `port = 0`). Must not touch: sockets; the only lookups are through
+`resolve.py`, and only when the last cycle's answer is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from phoned.config.settings import Settings
+from phoned.core.events import Server
+from phoned.probe.resolve import ResolveError, lookup_addresses, resolve_target
+from phoned.probe.udp import ProbeTarget
+from phoned.sip.stack import SipTarget
+
+#: The address a prober used in its last cycle for a server, if any.
+Resolved = Callable[[Server], tuple[str, int] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTargets:
+    """One server as configured: a name or an IP literal; port 0 means DNS SRV."""
+
+    probe: ProbeTarget
+    sip: SipTarget
+
+    @property
+    def label(self) -> str:
+        """How logs and the status name it: `host:port`, or `host (SRV)`."""
+        return (
+            f"{self.probe.host}:{self.probe.port}"
+            if self.probe.port
+            else f"{self.probe.host} (SRV)"
+        )
+
+
+def server_targets(settings: Settings) -> dict[Server, ServerTargets]:
+    """The primary's and, when enabled, the backup's targets (SPEC §3)."""
+    red, transport = settings.redundancy, settings.server.transport
+    found = {
+        Server.PRIMARY: _targets(
+            settings.server.address,
+            settings.server.port,
+            transport,
+            (red.outbound_proxy, red.outbound_proxy_port),
+        )
+    }
+    if settings.backup_enabled:
+        found[Server.BACKUP] = _targets(
+            red.backup_destination_address,
+            red.backup_destination_port,
+            transport,
+            (red.backup_outbound_proxy, red.backup_outbound_proxy_port),
+        )
+    return found
+
+
+def _targets(host: str, port: int, transport: str, proxy: tuple[str, int]) -> ServerTargets:
+    return ServerTargets(
+        ProbeTarget(host, port, None if _is_literal(host) else host),
+        SipTarget(host, port, transport, proxy if proxy[0] else None),
+    )
+
+
+def sip_target(targets: ServerTargets, resolved: tuple[str, int] | None) -> SipTarget:
+    """The SIP target for a switch to this server.
+
+    A name with a port goes to pjsua as it is (it resolves A/AAAA itself, and TLS checks the
+    certificate against that name). With port 0 (SRV) pjsua would not look up SRV, so it
+    gets the address the last cycle resolved, or one looked up now.
+    """
+    sip = targets.sip
+    if sip.port:
+        return sip
+    if resolved is None:
+        try:
+            resolved = resolve_target(targets.probe, sip.transport).address
+        except ResolveError:
+            return replace(sip, port=5061 if sip.transport == "tls" else 5060)
+    return replace(sip, host=resolved[0], port=resolved[1])
+
+
+def call_sources(
+    targets: dict[Server, ServerTargets], resolved: Resolved
+) -> dict[Server, list[str]]:
+    """IP addresses incoming calls may come from: each server and its proxy (SPEC §2)."""
+    sources: dict[Server, list[str]] = {}
+    for role, target in targets.items():
+        hosts = [target.probe.host] + ([target.sip.proxy[0]] if target.sip.proxy else [])
+        last = resolved(role)
+        sources[role] = [last[0]] if last else []
+        for host in hosts:
+            sources[role] += _addresses(host)
+    return sources
+
+
+def _addresses(host: str) -> list[str]:
+    if _is_literal(host):
+        return [host]
+    with contextlib.suppress(ResolveError):
+        return lookup_addresses(host)
+    return []
+
+
+def _is_literal(host: str) -> bool:
+    return ProbeTarget(host, 5060).is_literal

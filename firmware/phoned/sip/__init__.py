@@ -1,0 +1,10 @@
+"""The SIP stack (SPEC §1, §2, §4): every pjsua2 and pjsip import lives here and only here.
+
+Owns: `endpoint` (the library, transports, timers), `account` (one account per PBX),
+`leaving` (accounts on their way out), `calls`, `subscriptions` (BLF, RFC 4235) with
+`dialog_info` (the pure dialog-info parser), `pjsip_hooks` (a ctypes pjsip module),
+`features` (calls and lamps) and `stack` (`PjsuaStack`, the adapter behind the
+`SipStack` port).
+Must not touch: probing, routes, the VPN, the display; and pjsua2 from any thread but the
+one that created it (STACK-NOTES: a foreign thread aborts the process).
+"""

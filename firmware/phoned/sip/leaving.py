@@ -1,0 +1,151 @@
+"""Accounts on their way out of the SIP stack: un-REGISTERing, kept for calls, deleted.
+
+Owns: the accounts `sip.py` no longer uses for new traffic: those *leaving* (un-REGISTER
+in flight, Rule 2 of `sip.py`), those *kept* only because calls set up through them are
+still up (Rule 4), and the shut-down ones, referenced until `libDestroy` (STACK-NOTES:
+pjsua2 may call into them until then).
+Must not touch: the current accounts, the choice of server, calls themselves (it only
+asks `CallBook.live_on`), or the library's life cycle.
+
+Rule 1: an account of a dead server leaves silently: its un-REGISTER and its deletion
+run inside `TxGate.muted()`, so nothing reaches the wire (pjsip would retransmit for 32 s).
+Rule 2: an account with calls up is never deleted: its registration is switched off and
+it is deleted by `progress()` once its last call has ended (measured on 2.15.1:
+`pjsua_acc_del` leaves the call running, but the call then refers to a freed account
+slot that the next account created reuses).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+
+import pjsua2 as pj
+
+from phoned.core.events import Server
+from phoned.sip.account import RegState, ServerAccount, TxGate
+from phoned.sip.calls import CallBook
+
+log = logging.getLogger("phoned.sip")
+
+#: States in which an account still has (or may soon have) a binding on its server.
+_BOUND = frozenset({RegState.REGISTERING, RegState.REGISTERED, RegState.UNREGISTERING})
+Record = Callable[[Server, RegState, int, str], None]
+
+
+class LeavingAccounts:
+    """Every account on its way out; all methods on the stack's owner thread."""
+
+    def __init__(
+        self, calls: CallBook, record: Record, is_current: Callable[[Server], bool]
+    ) -> None:
+        """Args:
+        calls: the stack's calls (which account still carries one).
+        record: reports a registration state of a server (`sip.py` de-duplicates).
+        is_current: whether a server has a current account again (then its state is
+            that account's, not a leaver's).
+        """
+        self.gate: TxGate | None = None
+        self._calls = calls
+        self._record = record
+        self._is_current = is_current
+        self._leaving: list[ServerAccount] = []
+        self._kept: list[tuple[ServerAccount, bool]] = []  # (account, muted)
+        self._graveyard: list[ServerAccount] = []
+        self._unregister_tried: dict[int, int] = {}  # id(account) -> serial at last try
+
+    def __contains__(self, account: ServerAccount) -> bool:
+        return account in self._leaving
+
+    @property
+    def unregistering(self) -> bool:
+        """Whether an un-REGISTER is still waiting for its answer."""
+        return bool(self._leaving)
+
+    def drop_silently(self, account: ServerAccount) -> None:
+        """Rule 1: remove a dead server's account with nothing put on the wire."""
+        account.silenced = True
+        calls = self._calls.live_on(account)
+        server = account.server
+        if self.gate is None:
+            self._retire(account, muted=False, unregister=True)  # 11 un-REGISTERs in 31.5 s
+            self._record(server, RegState.IDLE, 0, "dropped (un-REGISTER sent)")
+            return
+        # A refused un-REGISTER fails with 503, and pjsua would schedule a retry on an
+        # account about to be freed ("timer entry deallocated" bug): no retries first.
+        account.config.regConfig.retryIntervalSec = 0
+        with contextlib.suppress(pj.Error):
+            account.modify(account.config)
+        refused_before = self.gate.refused
+        self._retire(account, muted=True, unregister=True)
+        refused = self.gate.refused - refused_before
+        log.info("sip: %s account dropped, %d request(s) kept off the wire, %d call(s) "
+                 "kept on it -> presumed dead", server.value, refused, calls)  # fmt: skip
+        self._record(server, RegState.IDLE, 0, "dropped without un-REGISTER")
+
+    def release(self, account: ServerAccount) -> None:
+        """Un-REGISTER `account` (its server is alive), then delete it once answered."""
+        self._leaving.append(account)
+        log.info("sip: %s account released while %s -> un-registering",
+                 account.server.value, account.state.value)  # fmt: skip
+
+    def progress(self) -> None:
+        """Move leavers on (un-REGISTER, delete when answered); delete kept accounts
+        whose last call has ended."""
+        for account in list(self._leaving):
+            if account.state is RegState.REGISTERED:
+                if self._unregister_tried.get(id(account)) != account.serial:
+                    self._unregister_tried[id(account)] = account.serial
+                    with contextlib.suppress(pj.Error):  # busy with a refresh: retry later
+                        account.setRegistration(False)
+            elif account.state not in _BOUND:
+                self._bury(account, "")
+        self._reap_kept(force=False)
+
+    def finish(self) -> None:
+        """At shutdown: delete every leaver and kept account, answered or not."""
+        for account in list(self._leaving):  # unanswered: pjsua sends nothing more (busy)
+            self._bury(account, "shut down before the un-REGISTER was answered")
+        self._reap_kept(force=True)
+
+    def forget(self) -> None:
+        """After libDestroy: drop the references."""
+        self._graveyard.clear()
+        self._kept.clear()
+        self._leaving.clear()
+
+    def _bury(self, account: ServerAccount, why: str) -> None:
+        """Delete a leaver (its registration client is idle or busy: pjsua sends nothing)."""
+        self._leaving.remove(account)
+        self._unregister_tried.pop(id(account), None)
+        account.silenced = True
+        self._retire(account, muted=False, unregister=False)  # its un-REGISTER is done
+        if account.state is not RegState.IDLE and not self._is_current(account.server):
+            self._record(account.server, RegState.IDLE, 0, why or "account removed")
+
+    def _retire(self, account: ServerAccount, *, muted: bool, unregister: bool) -> None:
+        """Delete `account`, or (Rule 2) switch its registration off and keep it."""
+        gate = self.gate if muted else None
+        with gate.muted() if gate is not None else contextlib.nullcontext():
+            if self._calls.live_on(account) == 0:
+                account.shutdown()
+                self._graveyard.append(account)
+                return
+            if unregister:
+                with contextlib.suppress(pj.Error):  # muted: fails at once, nothing sent
+                    account.setRegistration(False)
+        self._kept.append((account, muted))
+        log.info("sip: %s account kept for %d call(s) -> deleted when they end",
+                 account.server.value, self._calls.live_on(account))  # fmt: skip
+
+    def _reap_kept(self, *, force: bool) -> None:
+        for entry in list(self._kept):
+            account, muted = entry
+            if force or self._calls.live_on(account) == 0:
+                self._kept.remove(entry)
+                gate = self.gate if muted else None
+                with gate.muted() if gate is not None else contextlib.nullcontext():
+                    account.shutdown()
+                self._graveyard.append(account)
+                log.info("sip: %s account kept for calls -> deleted", account.server.value)

@@ -1,0 +1,409 @@
+"""The pjsua2 adapter: the phone's SIP stack (SPEC §1, §2): registration, calls, transports.
+
+Owns: which pjsua2 account is *current* for which server (at most one each; accounts on
+their way out are `sip_leaving.py`'s), the one thread allowed to call pjsua2, and the
+order in which registration, BLF subscriptions (`sip_blf.py`) and calls
+(`sip_calls.py`) move between servers. The library and its transports live in
+`sip_endpoint.py`. Only these `sip_*` modules import pjsua2.
+Must not touch: the choice of server (the failover core's), sockets other than pjsua's,
+or pjsua2 from any thread but the owner: pjsua2 aborts the process when called from an
+unregistered thread, so every public method raises `SipError` there instead.
+
+Rule 1 (SPEC §2 failover): `use_server(BACKUP)` creates the backup account first (its
+REGISTER leaves at once), then drops the primary's WITHOUT an un-REGISTER: the primary
+is presumed dead, and pjsip would retransmit the un-REGISTER to it for 32 s.
+Rule 2 (SPEC §2 failback): `use_server(PRIMARY)` keeps the backup account until the
+primary answers 2xx; only then is the backup un-REGISTERed, so that it holds no stale
+contact. While the primary fails, the backup stays registered.
+Rule 3: registration and call changes are recorded inside pjsua2 callbacks and handed to
+`on_event` by `poll()`, `use_server()`, `call()`... and `shutdown()` once pjsua2 has
+returned, on the owner thread: `on_event` may call back into the stack.
+Rule 4 (SPEC §1/§2): neither failover nor failback ends a call. An account that leaves
+while calls set up through it are up is kept (registration off) until they end.
+Rule 5 (STACK-NOTES, BLF): on failover the dead server's subscriptions are dropped
+silently and its account deleted before the backup's buddies are created; on failback
+the backup's are un-SUBSCRIBEd once the primary is REGISTERED, then the backup is
+un-REGISTERed and the primary's subscriptions are created.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import ClassVar
+
+import pjsua2 as pj
+
+from phoned.core.events import Server
+from phoned.errors import SipError
+from phoned.sip.account import (
+    BlfChanged,
+    RegistrationChanged,
+    RegState,
+    RetryPolicy,
+    ServerAccount,
+    SipIdentity,
+    SipTarget,
+    TxGate,
+    account_config,
+    rejected,
+)
+from phoned.sip.calls import CallBook, CallChanged, CallDirection, CallInfo, CallState
+from phoned.sip.dialog_info import BlfState
+from phoned.sip.endpoint import SipEndpoint
+from phoned.sip.features import PhoneFeatures
+from phoned.sip.leaving import LeavingAccounts
+from phoned.sip.pjsip_hooks import IncomingRequest, IncomingRequestHook
+from phoned.sip.subscriptions import BlfSubscriptions
+
+__all__ = [
+    "BlfChanged",
+    "BlfState",
+    "CallChanged",
+    "CallDirection",
+    "CallInfo",
+    "CallState",
+    "PjsuaStack",
+    "RegState",
+    "RegistrationChanged",
+    "RetryPolicy",
+    "SipEvent",
+    "SipIdentity",
+    "SipTarget",
+]
+
+log = logging.getLogger("phoned.sip")
+
+#: Everything the stack reports through `on_event`.
+SipEvent = RegistrationChanged | CallChanged | BlfChanged
+
+
+class PjsuaStack(PhoneFeatures):
+    """pjsua2 with one account per server; every method on the `start()` thread.
+
+    Calls and BLF lamps (`call`, `hangup`, `answer`, `calls`, `blf_states`,
+    `accept_calls_from`) come from `PhoneFeatures` (`sip_features.py`).
+
+    pjsua2 is one library per process, and a second `pj.Endpoint()` aborts the process
+    (measured: C++ `terminate`): only one stack may be started at a time.
+    """
+
+    _holder: ClassVar[PjsuaStack | None] = None
+    _holder_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(
+        self,
+        identity: SipIdentity,
+        *,
+        local_port: int,
+        user_agent: str,
+        register_expires: int,
+        on_event: Callable[[SipEvent], None],
+        log_level: int = 1,
+        retry: RetryPolicy | None = None,
+        auto_answer: bool = False,
+        tls_ca_file: str = "",
+        register_timeout_s: float | None = None,
+        blf_keys: Sequence[str] = (),
+    ) -> None:
+        """Args:
+        identity: who registers (the password is only handed to pjsua's credentials).
+        local_port: UDP and TCP port of the SIP transports (TLS: `local_port + 1`).
+        user_agent: User-Agent header of every request.
+        register_expires: Expires asked for in REGISTER, seconds.
+        on_event: receives every registration and call change, on the owner thread.
+        log_level: pjsip log level (<= 3 keeps headers out; 5 adds message dumps).
+        retry: when pjsua retries a failed REGISTER (default `RetryPolicy()`).
+        auto_answer: answer incoming calls from the servers at once (else they ring).
+        tls_ca_file: CA bundle that TLS servers' certificates must chain to.
+        register_timeout_s: how long a REGISTER (any transaction) may go unanswered
+            before it fails with 408; None keeps pjsip's 32 s.
+        blf_keys: extensions watched with `Event: dialog` on the server in use.
+
+        Raises:
+            SipError: `register_timeout_s` out of 1..32.
+        """
+        self._identity = identity
+        self._register_expires = register_expires
+        self._on_event = on_event
+        self._retry = retry or RetryPolicy()
+        self._library = SipEndpoint(
+            local_port=local_port,
+            user_agent=user_agent,
+            log_level=log_level,
+            tls_ca_file=tls_ca_file,
+            register_timeout_s=register_timeout_s,
+        )
+        self._owner: int | None = None
+        self._gate: TxGate | None = None
+        self._calls = CallBook(self._queue_event, auto_answer=auto_answer)
+        self._active: Server | None = None
+        self._accounts: dict[Server, ServerAccount] = {}
+        self._leavers = LeavingAccounts(self._calls, self._record, self._accounts.__contains__)
+        self._blf_keys = tuple(blf_keys)
+        self._blf: BlfSubscriptions | None = None
+        self._blf_server: Server | None = None  # where the subscriptions live now
+        self._hook: IncomingRequestHook | None = None
+        self._release_when_registered: Server | None = None
+        self._reg_started: dict[Server, float] = {}
+        self._reported = dict.fromkeys(Server, (RegState.IDLE, 0, ""))
+        self._events: list[SipEvent] = []
+        self._peers_given: dict[Server, tuple[str, ...]] = {}
+
+    # -- life cycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        """Create the library with UDP, TCP and TLS transports, then libStart.
+
+        The calling thread becomes the only one allowed to use this stack.
+
+        Raises:
+            SipError: already started, or pjsua2 failed (e.g. the port is taken).
+        """
+        if self._owner is not None:
+            raise SipError("sip: start() called twice")
+        with PjsuaStack._holder_lock:
+            if PjsuaStack._holder is not None:
+                raise SipError("sip: pjsua2 is already in use by another stack in this process")
+            PjsuaStack._holder = self
+        self._owner = threading.get_ident()
+        started = time.monotonic()
+        port = self._library.local_port
+        try:
+            self._library.create()
+        except pj.Error as exc:
+            self._destroy_library()
+            raise SipError(f"sip: cannot start on udp port {port}: {exc.info()}") from exc
+        try:
+            self._gate = TxGate()
+        except OSError as exc:  # degrade: failover then un-REGISTERs the dead primary
+            log.warning("sip: tx gate unavailable (%s) -> dropped accounts un-REGISTER", exc)
+        self._leavers.gate = self._gate
+        if self._blf_keys:
+            self._start_blf()
+        took_ms = (time.monotonic() - started) * 1000.0
+        log.info("sip: pjsua2 up on port %d in %.1f ms -> ready", port, took_ms)
+
+    def _start_blf(self) -> None:
+        mute = self._gate.muted if self._gate is not None else None
+        self._blf = BlfSubscriptions(self._blf_keys, self._on_blf_change, mute=mute)
+        self._hook = IncomingRequestHook(self._on_request)
+        try:
+            self._hook.install()
+        except SipError:
+            self._hook = None
+            self._destroy_library()
+            raise
+
+    def shutdown(self, timeout_s: float = 2.0) -> None:
+        """End the calls, un-REGISTER what is registered, wait for the answers up to
+        `timeout_s`, then destroy the library. Idempotent; a stack never started does
+        nothing.
+
+        Raises:
+            SipError: called from a thread other than the one that called `start()`.
+        """
+        if self._owner is None or not self._library.started:
+            return
+        self._check_thread()
+        started = time.monotonic()
+        deadline = started + timeout_s
+        self._release_when_registered = None
+        self._calls.hangup(None)
+        self._end_blf(None, send=True)
+        for server in list(self._accounts):
+            self._release(server)
+        while (self._leavers.unregistering or self._calls.calls()) and (
+            time.monotonic() < deadline
+        ):
+            remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
+            self._library.handle_events(min(10, remaining_ms))
+            self._settle()
+        self._calls.forget_all()
+        self._leavers.finish()
+        self._flush()
+        self._destroy_library()
+        took_ms = (time.monotonic() - started) * 1000.0
+        log.info("sip: shut down in %.0f ms -> pjsua2 destroyed", took_ms)
+
+    def _destroy_library(self) -> None:
+        if self._hook is not None:
+            self._hook.uninstall()
+            self._hook = None
+        if self._gate is not None:
+            self._gate.close()
+            self._gate = None
+        # Every account is already gone: no wait for the network.
+        self._library.destroy()
+        self._leavers.forget()
+        self._owner = None
+        with PjsuaStack._holder_lock:
+            if PjsuaStack._holder is self:
+                PjsuaStack._holder = None
+
+    # -- the event loop --------------------------------------------------------------------
+    def poll(self, timeout_ms: int) -> None:
+        """Run pjsua2's timers and sockets once (up to `timeout_ms`), then act on what
+        happened and deliver the changes to `on_event`.
+
+        Raises:
+            SipError: wrong thread, or not started.
+        """
+        self._check_thread()
+        self._library.handle_events(timeout_ms)
+        self._settle()
+
+    def registration(self, server: Server) -> RegState:
+        """The last registration state reported for `server`.
+
+        Raises:
+            SipError: wrong thread, or not started.
+        """
+        self._check_thread()
+        return self._reported[server][0]
+
+    def use_server(self, server: Server, target: SipTarget) -> None:
+        """Register on `server` at `target` and leave the other server (Rules 1 and 2).
+
+        Calling it again for the server in use with the same target does nothing.
+
+        Raises:
+            SipError: wrong thread, not started, the target's transport is unavailable,
+                or pjsua2 refused the account.
+        """
+        self._check_thread()
+        self._library.require(target.transport)
+        current = self._accounts.get(server)
+        created = current is None or current.target != target
+        if created:
+            if current is not None:
+                self._end_blf(server, send=True)
+                self._release(server)
+            self._create_account(server, target)
+        self._active = server
+        other = server.other
+        if server is Server.BACKUP:
+            self._release_when_registered = None
+            if other in self._accounts:
+                self._end_blf(other, send=False)  # Rule 5: the primary is presumed dead
+                self._leavers.drop_silently(self._accounts.pop(other))
+        elif other in self._accounts:
+            self._release_when_registered = other  # Rule 5: BLF moves once registered
+        if created and self._release_when_registered is None:
+            self._subscribe_blf(server)
+        self._update_peers()
+        self._settle()
+
+    def _create_account(self, server: Server, target: SipTarget) -> None:
+        config = account_config(
+            self._identity, target, register_expires=self._register_expires, retry=self._retry
+        )
+        account = ServerAccount(server, target, config, self._on_account_change)
+        account.on_incoming = self._on_incoming_call
+        self._accounts[server] = account  # before create(): its callbacks fire inside it
+        self._reg_started[server] = time.monotonic()
+        try:
+            account.create(config)  # registerOnAdd: the REGISTER leaves now
+        except pj.Error as exc:
+            del self._accounts[server]
+            raise SipError(
+                f"sip: cannot create the {server.value} account for {target.host}:"
+                f"{target.port}: {exc.info()}"
+            ) from exc
+        log.info("sip: %s account for %s:%d/%s created -> registering",
+                 server.value, target.host, target.port, target.transport)  # fmt: skip
+
+    def _release(self, server: Server) -> None:
+        """Rule 2: un-REGISTER `server`'s account, then delete it once answered."""
+        self._leavers.release(self._accounts.pop(server))
+
+    def _subscribe_blf(self, server: Server) -> None:
+        account = self._accounts.get(server)
+        if self._blf is None or account is None:
+            return
+        target = account.target
+        domain = self._identity.domain or f"{target.host}:{target.port}"
+        self._blf_server = server  # partial subscriptions are ended with the rest
+        try:
+            self._blf.subscribe(account, domain, target.transport)
+        except (SipError, ValueError) as exc:  # lamps stay unknown; registration goes on
+            log.warning("sip: blf on %s: %s -> lamps unknown", server.value, exc)
+
+    def _end_blf(self, server: Server | None, *, send: bool) -> None:
+        """End the subscriptions when they live on `server` (None: wherever they are)."""
+        if self._blf is None or self._blf_server is None:
+            return
+        if server is None or server is self._blf_server:
+            self._blf.end(send=send)
+            self._blf_server = None
+
+    def _settle(self) -> None:
+        """Act on recorded changes (calls, release the backup, reap leavers), report."""
+        self._calls.settle()
+        waiting = self._release_when_registered
+        if waiting is not None:
+            newcomer = self._accounts.get(waiting.other)
+            if newcomer is not None and newcomer.state is RegState.REGISTERED:
+                self._release_when_registered = None
+                self._end_blf(waiting, send=True)  # Rule 5: un-SUBSCRIBE the backup first
+                if waiting in self._accounts:
+                    self._release(waiting)
+                self._subscribe_blf(waiting.other)
+        self._leavers.progress()
+        self._flush()
+
+    # -- events ----------------------------------------------------------------------------
+    def _on_account_change(self, account: ServerAccount) -> None:
+        """From pjsua2 callbacks (Rule 3): record only."""
+        current = self._accounts.get(account.server)
+        if current is account or (current is None and account in self._leavers):
+            reason = self._explain(account)
+            self._record(account.server, account.state, account.code, reason)
+
+    def _explain(self, account: ServerAccount) -> str:
+        """pjsua's reason, or the TLS layer's when a certificate was rejected."""
+        if account.state is not RegState.FAILED or account.target.transport != "tls":
+            return account.reason
+        since = self._reg_started.get(account.server, 0.0)
+        rejection = self._library.tls_rejection_since(since)
+        if rejection is None:
+            return account.reason
+        return f"TLS certificate rejected by {rejection.remote}: {rejection.detail}"
+
+    def _on_incoming_call(self, account: ServerAccount, call_id: int, source: str) -> None:
+        """From `onIncomingCall` (Rule 3): the book wraps the call; `settle()` decides."""
+        self._calls.on_incoming(account, account.server, call_id, source)
+
+    def _on_request(self, request: IncomingRequest) -> int | None:
+        """From the request hook, inside libHandleEvents: BLF NOTIFYs are read, never
+        answered here (pjsua answers them, which keeps the subscriptions alive)."""
+        if self._blf is not None:
+            self._blf.on_request(request)
+        return None
+
+    def _on_blf_change(self, ext: str, state: BlfState) -> None:
+        self._events.append(BlfChanged(ext, state))
+
+    def _record(self, server: Server, state: RegState, code: int, reason: str) -> None:
+        if self._reported[server] == (state, code, reason):
+            return
+        self._reported[server] = (state, code, reason)
+        refused = state is RegState.FAILED and rejected(code)
+        self._events.append(RegistrationChanged(server, state, code, reason, refused))
+
+    def _queue_event(self, event: CallChanged) -> None:
+        self._events.append(event)
+
+    def _flush(self) -> None:
+        while self._events:
+            self._on_event(self._events.pop(0))
+
+    def _check_thread(self) -> None:
+        if self._owner is None or not self._library.started:
+            raise SipError("sip: the stack is not started")
+        if threading.get_ident() != self._owner:
+            raise SipError(
+                f"sip: called from thread {threading.current_thread().name!r}; pjsua2 "
+                "belongs to the thread that called start()"
+            )
