@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import random
 import re
+import time
 
 import pytest
 
 from phoned.errors import PhonedError
 from phoned.probe.sipmsg import (
     BRANCH_COOKIE,
+    MAX_HEAD_BYTES,
+    MAX_HEADER_LINES,
     FramingError,
     OptionsTemplate,
     SipResponse,
@@ -378,3 +381,79 @@ def test_fuzz_framer_never_raises_anything_but_framing_error() -> None:
                 framer.feed(bytes(data[chunk : chunk + 37]))
         except FramingError:
             pass
+
+
+# ----------------------------------------------------------------- bounded and linear
+# SPEC §10: a datagram or a stream from anyone must cost bounded, linear work. Before these
+# bounds, 21830 empty `a:` headers took about 1 s to parse and a 60 KB head fed 10 bytes at
+# a time took 3.7 s, enough to push a cycle's first attempt 1.8 s late.
+
+
+def _worst_time_s(run: object, repeat: int = 3) -> float:
+    """The best of `repeat` timings of `run()` (the least noisy figure of a busy machine)."""
+    assert callable(run)
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def test_twenty_thousand_headers_parse_in_bounded_time() -> None:
+    hostile = b"SIP/2.0 200 OK\r\n" + b"a:\n" * 21830
+    assert _worst_time_s(lambda: parse_response(hostile)) < 0.02
+    assert parse_response(hostile) is None  # over MAX_HEADER_LINES: not a response
+
+
+def test_a_head_at_the_limits_still_parses_quickly_and_keeps_its_headers() -> None:
+    lines = [f"X-H{i}: {'v' * 50}" for i in range(MAX_HEADER_LINES - 4)]
+    head = "\r\n".join(["SIP/2.0 200 OK", "Call-ID: c1", "CSeq: 7 OPTIONS", *lines])
+    data = head.encode() + b"\r\n\r\n"
+    assert len(data) <= MAX_HEAD_BYTES
+    response = parse_response(data)
+    assert response is not None
+    assert response.call_id == "c1"
+    assert response.header("x-h0") == "v" * 50
+    assert _worst_time_s(lambda: parse_response(data)) < 0.01
+
+
+def test_many_folded_continuations_are_joined_in_linear_time() -> None:
+    data = b"SIP/2.0 200 OK\r\nSubject: a\r\n" + b" b\r\n" * 200 + b"Call-ID: c2\r\n\r\n"
+    response = parse_response(data)
+    assert response is not None
+    assert response.call_id == "c2"
+    assert response.header("subject") == "a" + " b" * 200
+
+
+def test_an_oversized_head_is_not_a_response() -> None:
+    data = b"SIP/2.0 200 OK\r\nCall-ID: c3\r\nX-Pad: " + b"x" * MAX_HEAD_BYTES + b"\r\n\r\n"
+    assert parse_response(data) is None
+
+
+def test_framer_fed_a_huge_head_in_small_pieces_stays_linear_and_refuses_it() -> None:
+    def feed_all() -> None:
+        framer = StreamFramer()
+        data = b"SIP/2.0 200 OK\r\n" + b"X-Pad: yyyyyyyyyy\r\n" * 3000  # 60 KB, no end
+        with pytest.raises(FramingError, match="no end of headers"):
+            for i in range(0, len(data), 10):
+                framer.feed(data[i : i + 10])
+
+    assert _worst_time_s(feed_all) < 0.1
+
+
+def test_framer_finds_a_head_end_split_across_pieces() -> None:
+    framer = StreamFramer()
+    message = b"SIP/2.0 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    out: list[bytes] = []
+    for i in range(len(message)):
+        out += framer.feed(message[i : i + 1])
+    assert out == [message]
+    assert framer.buffered == 0
+
+
+def test_framer_refuses_too_many_header_lines() -> None:
+    framer = StreamFramer()
+    head = b"SIP/2.0 200 OK\r\n" + b"a:\r\n" * (MAX_HEADER_LINES + 1) + b"l: 0\r\n\r\n"
+    with pytest.raises(FramingError, match="header lines"):
+        framer.feed(head)

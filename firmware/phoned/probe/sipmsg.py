@@ -50,6 +50,13 @@ _DIGITS_RE = re.compile(r"[0-9]{1,10}")
 #: Largest message accepted on a stream. A probe answer is well under 2 KiB; a peer that
 #: sends more than this without a message boundary is broken (or hostile).
 MAX_STREAM_MESSAGE = 65535
+#: Bounds on one message's head (start line and headers), datagram or stream: a probe
+#: answer has about a dozen header lines in well under 2 KiB. Anything past these is not
+#: parsed at all (a datagram is not a response; a stream is dropped), so a hostile peer
+#: can never make parsing cost more than a bounded, linear amount of work (SPEC §10).
+MAX_HEAD_BYTES = 16384
+MAX_HEADER_LINES = 256
+_LEADING_CRLF_RE = re.compile(rb"[\r\n]*")
 
 #: RFC 3261 §7.3.3 and later RFCs: compact header names and what they stand for.
 COMPACT_HEADERS: Mapping[str, str] = MappingProxyType(
@@ -262,9 +269,17 @@ def _escape_user(user: str) -> str:
 
 
 def parse_response(data: bytes) -> SipResponse | None:
-    """Parse a datagram as a SIP response; `None` if it is not one. Never raises."""
+    """Parse a datagram as a SIP response; `None` if it is not one. Never raises.
+
+    Linear in the size of the datagram; a head over `MAX_HEAD_BYTES` or with more than
+    `MAX_HEADER_LINES` lines is not a response (SPEC §10: bounded work per datagram).
+    """
     head = _message_head(data)
-    lines = _LINE_SPLIT_RE.split(head)
+    if head is None:
+        return None
+    lines = _LINE_SPLIT_RE.split(head, maxsplit=MAX_HEADER_LINES + 1)
+    if len(lines) > MAX_HEADER_LINES + 1:
+        return None
     status = _STATUS_LINE_RE.fullmatch(lines[0].rstrip(_LWS))
     if status is None:
         return None
@@ -282,12 +297,16 @@ def parse_response(data: bytes) -> SipResponse | None:
     )
 
 
-def _message_head(data: bytes) -> str:
-    """The start line and headers, decoded; the body (if any) is dropped."""
-    end = data.find(b"\r\n\r\n")
+def _message_head(data: bytes) -> str | None:
+    """The start line and headers, decoded; the body (if any) is dropped. None when the
+    head is over `MAX_HEAD_BYTES` (only that much is ever searched)."""
+    window = data[: MAX_HEAD_BYTES + 4]
+    end = window.find(b"\r\n\r\n")
     if end < 0:
-        end = data.find(b"\n\n")
+        end = window.find(b"\n\n")
     head = data if end < 0 else data[:end]
+    if len(head) > MAX_HEAD_BYTES:
+        return None
     return head.decode("utf-8", errors="replace")
 
 
@@ -297,20 +316,21 @@ def _parse_headers(lines: list[str]) -> dict[str, tuple[str, ...]]:
     Lines that are not `name: value` are skipped: a broken header must not hide the
     good ones, and a missing one shows up as `None` where it matters.
     """
-    unfolded: list[str] = []
+    # Linear: a folded header's pieces are joined once, values are gathered in lists and
+    # frozen once (rebuilding a tuple per line made 20k headers cost a second).
+    unfolded: list[list[str]] = []
     for line in lines:
         if line[:1] in (" ", "\t") and unfolded:
-            unfolded[-1] = unfolded[-1] + " " + line.strip(_LWS)
+            unfolded[-1].append(line.strip(_LWS))
         else:
-            unfolded.append(line)
-    headers: dict[str, tuple[str, ...]] = {}
-    for line in unfolded:
-        match = _HEADER_RE.fullmatch(line.rstrip(_LWS))
+            unfolded.append([line])
+    grouped: dict[str, list[str]] = {}
+    for pieces in unfolded:
+        match = _HEADER_RE.fullmatch(" ".join(pieces).rstrip(_LWS))
         if match is None:
             continue
-        name = canonical_header_name(match.group(1))
-        headers[name] = (*headers.get(name, ()), match.group(2))
-    return headers
+        grouped.setdefault(canonical_header_name(match.group(1)), []).append(match.group(2))
+    return {name: tuple(values) for name, values in grouped.items()}
 
 
 def _parse_cseq(headers: Mapping[str, tuple[str, ...]]) -> tuple[int, str] | None:
@@ -378,6 +398,9 @@ class StreamFramer:
     def __init__(self, max_message: int = MAX_STREAM_MESSAGE) -> None:
         self._buffer = bytearray()
         self._max_message = max_message
+        #: How far the buffer was searched for the end of the head: each byte is searched
+        #: once however small the pieces it arrives in (no quadratic rescans).
+        self._scanned = 0
 
     @property
     def buffered(self) -> int:
@@ -398,13 +421,20 @@ class StreamFramer:
         return messages
 
     def _next_message(self) -> bytes | None:
-        skip = len(self._buffer) - len(self._buffer.lstrip(b"\r\n"))
-        del self._buffer[:skip]
-        head_end = _HEAD_END_RE.search(self._buffer)
+        if self._scanned == 0 and self._buffer[:1] in (b"\r", b"\n"):
+            skip = _LEADING_CRLF_RE.match(self._buffer)
+            del self._buffer[: skip.end() if skip else 0]
+        # The end marker is at most 4 bytes: resume 3 bytes back so a split one is found.
+        head_end = _HEAD_END_RE.search(self._buffer, max(0, self._scanned - 3))
         if head_end is None:
-            if len(self._buffer) > self._max_message:
-                raise FramingError(f"no end of headers within {self._max_message} bytes")
+            self._scanned = len(self._buffer)
+            limit = min(self._max_message, MAX_HEAD_BYTES)
+            if len(self._buffer) > limit:
+                raise FramingError(f"no end of headers within {limit} bytes")
             return None
+        self._scanned = head_end.start()  # the head is complete; wait for the body here
+        if head_end.start() > MAX_HEAD_BYTES:
+            raise FramingError(f"message head of {head_end.start()} bytes is over {MAX_HEAD_BYTES}")
         head = bytes(self._buffer[: head_end.start()])
         total = head_end.end() + content_length(head)
         if total > self._max_message:
@@ -413,6 +443,7 @@ class StreamFramer:
             return None
         message = bytes(self._buffer[:total])
         del self._buffer[:total]
+        self._scanned = 0
         return message
 
 
@@ -422,7 +453,9 @@ def content_length(head: bytes) -> int:
     Raises:
         FramingError: missing, not a number, or given twice with different values.
     """
-    lines = _LINE_SPLIT_RE.split(head.decode("utf-8", errors="replace"))
+    lines = _LINE_SPLIT_RE.split(head.decode("utf-8", errors="replace"), MAX_HEADER_LINES + 1)
+    if len(lines) > MAX_HEADER_LINES + 1:
+        raise FramingError(f"more than {MAX_HEADER_LINES} header lines")
     values = {v.strip() for v in _parse_headers(lines[1:]).get("content-length", ())}
     if not values:
         raise FramingError("no Content-Length on a stream")
