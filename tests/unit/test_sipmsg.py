@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import re
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -389,9 +390,8 @@ def test_fuzz_framer_never_raises_anything_but_framing_error() -> None:
 # a time took 3.7 s, enough to push a cycle's first attempt 1.8 s late.
 
 
-def _worst_time_s(run: object, repeat: int = 3) -> float:
+def _worst_time_s(run: Callable[[], object], repeat: int = 3) -> float:
     """The best of `repeat` timings of `run()` (the least noisy figure of a busy machine)."""
-    assert callable(run)
     times = []
     for _ in range(repeat):
         started = time.perf_counter()
@@ -435,9 +435,14 @@ def test_framer_fed_a_huge_head_in_small_pieces_stays_linear_and_refuses_it() ->
     def feed_all() -> None:
         framer = StreamFramer()
         data = b"SIP/2.0 200 OK\r\n" + b"X-Pad: yyyyyyyyyy\r\n" * 3000  # 60 KB, no end
-        with pytest.raises(FramingError, match="no end of headers"):
-            for i in range(0, len(data), 10):
+        refused = ""
+        for i in range(0, len(data), 10):
+            try:
                 framer.feed(data[i : i + 10])
+            except FramingError as exc:
+                refused = str(exc)
+                break
+        assert "no end of headers" in refused
 
     assert _worst_time_s(feed_all) < 0.1
 
