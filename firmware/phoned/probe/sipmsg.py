@@ -421,9 +421,8 @@ class StreamFramer:
         return messages
 
     def _next_message(self) -> bytes | None:
-        if self._scanned == 0 and self._buffer[:1] in (b"\r", b"\n"):
-            skip = _LEADING_CRLF_RE.match(self._buffer)
-            del self._buffer[: skip.end() if skip else 0]
+        if self._scanned == 0 and (skip := _LEADING_CRLF_RE.match(self._buffer)) is not None:
+            del self._buffer[: skip.end()]  # CR/LF keep-alives between messages
         # The end marker is at most 4 bytes: resume 3 bytes back so a split one is found.
         head_end = _HEAD_END_RE.search(self._buffer, max(0, self._scanned - 3))
         if head_end is None:
