@@ -588,3 +588,40 @@ def test_now_slightly_behind_a_passed_deadline_is_clamped() -> None:
     phone.until(T0 + 0.8)  # attempt 2 sent at exactly T0 + 0.8
     assert phone.policy.handle(ProbeAnswered(P, 0, 2, 200, 1.0), T0 + 0.7999) != []
     assert phone.policy.next_deadline() == T0 + 15.0
+
+
+# ------------------------------------------------------- the server in use, with its address
+
+
+def test_use_server_carries_the_address_that_answered_in_the_deciding_cycle() -> None:
+    """Issue 10: the core is the one source of the server in use; the shell registers
+    where the probe was answered from, without asking the prober or DNS."""
+    phone = Phone()
+    t0 = phone.cycle_start(0)
+    backup_at = ("198.51.100.20", 5070)
+    phone.until(t0 + 0.004)
+    phone.feed(ProbeAnswered(B, 0, 1, 200, 4.0, backup_at), t0 + 0.004)
+    switched = phone.until(t0 + 1.7)
+    [failover] = actions(switched, UseServer)
+    assert isinstance(failover, UseServer)
+    assert (failover.server, failover.address) == (B, backup_at)
+    assert verdict_of(switched, B).address == backup_at
+    # failback: the primary's address from its answer in cycle 1
+    t1 = phone.cycle_start(1)
+    primary_at = ("203.0.113.10", 5060)
+    phone.until(t1 + 0.003)
+    phone.feed(ProbeAnswered(P, 1, 1, 200, 3.0, primary_at), t1 + 0.003)
+    back = phone.feed(ProbeAnswered(B, 1, 1, 200, 4.0, backup_at), t1 + 0.004)
+    [failback] = actions(back, UseServer)
+    assert isinstance(failback, UseServer)
+    assert (failback.server, failback.address) == (P, primary_at)
+
+
+def test_use_server_without_a_deciding_probe_has_no_address() -> None:
+    phone = Phone(PolicySettings(backup_enabled=True, keepalive=False))
+    [start] = actions(phone.timeline, UseServer)
+    assert start == UseServer(P, "start", None)
+    moved = phone.feed(RegistrationFailed(P, "408 Request Timeout"), START_S + 1)
+    [switch] = actions(moved, UseServer)
+    assert isinstance(switch, UseServer)
+    assert (switch.server, switch.address) == (B, None)

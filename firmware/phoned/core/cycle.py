@@ -65,12 +65,16 @@ class ServerProbe:
         if status_code is not None:
             self.last_status = status_code
 
-    def judge_up(self, attempt: int, status_code: int, rtt_ms: float) -> None:
-        """A valid answer arrived: up, with that attempt's round trip."""
+    def judge_up(
+        self, attempt: int, status_code: int, rtt_ms: float, address: tuple[str, int] | None
+    ) -> None:
+        """A valid answer arrived from `address`: up, with that attempt's round trip."""
         probe_note = "" if attempt == 1 else f" (probe {attempt})"
         reason = f"answered in {format_ms(rtt_ms)} ms{probe_note}"
         self.last_status = status_code
-        self.verdict = Verdict(self.server, True, self.sent, rtt_ms, status_code, reason)
+        self.verdict = Verdict(
+            self.server, True, self.sent, rtt_ms, status_code, reason, address=address
+        )
 
     def judge_down(self) -> None:
         """The last wait ran out: down, saying how each attempt missed."""

@@ -55,6 +55,11 @@ class ProbeAnswered:
     attempt: int  #: 1, 2 or 3: which OPTIONS of the cycle the response matched
     status_code: int
     rtt_ms: float  #: from that attempt's send to the response's arrival
+    #: The (ip, port) the OPTIONS went to and the answer came from: for a name, what it
+    #: resolved to in this cycle. It travels on to `Verdict` and `UseServer`, so the shell
+    #: never asks the prober (or DNS) where a server is. Left out of equality: two
+    #: answers are the same answer wherever a name resolved to.
+    address: tuple[str, int] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,8 @@ class Verdict:
     rtt_ms: float | None = None  #: of the answer that made it up
     status_code: int | None = None  #: last status seen (e.g. 503), None if silent
     reason: str = ""  #: "answered in 4 ms", "missed 3 probes", "answered 503 x3"
+    #: Where the answer that made it up came from (not part of equality, as above).
+    address: tuple[str, int] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -132,6 +139,10 @@ class UseServer:
 
     server: Server
     reason: str
+    #: (ip, port) the server answered from in the cycle that decided this switch; None
+    #: when no probe decided it (start-up, keep-alive off): the shell then uses the
+    #: configured target. Not part of equality, as above.
+    address: tuple[str, int] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

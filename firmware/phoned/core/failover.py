@@ -345,7 +345,7 @@ class FailoverPolicy:
         if event.status_code == _SERVICE_UNAVAILABLE:
             probe.miss(event.attempt, f"answered {_SERVICE_UNAVAILABLE}", event.status_code)
             return []
-        probe.judge_up(event.attempt, event.status_code, event.rtt_ms)
+        probe.judge_up(event.attempt, event.status_code, event.rtt_ms, event.address)
         return self._judge_ready()
 
     def _on_failure(self, event: ProbeFailed) -> None:
@@ -398,7 +398,9 @@ class FailoverPolicy:
     def _use(self, server: Server, reason: str) -> UseServer:
         self._active = server
         self._good_primary = 0
-        return UseServer(server, reason)
+        last = self._last_verdicts.get(server)
+        address = last.address if last is not None and last.up else None
+        return UseServer(server, reason, address)
 
     def _set_service(self, service: Service, reason: str) -> list[Action]:
         if service is self._service:

@@ -163,7 +163,9 @@ class AttemptBook:
         if response.status_code >= 200:
             sent.answered = True
         rtt_ms = max(0.0, (now - sent.sent_at) * 1000.0)
-        return ProbeAnswered(self.server, sent.cycle, sent.attempt, response.status_code, rtt_ms)
+        return ProbeAnswered(
+            self.server, sent.cycle, sent.attempt, response.status_code, rtt_ms, self.peer
+        )
 
 
 @dataclass(slots=True)
