@@ -29,13 +29,17 @@ def notify(message: str) -> bool:
     return True
 
 
-def watchdog() -> None:
-    """Ping the watchdog at half of `$WATCHDOG_USEC`; the caller pings only when healthy."""
+def watchdog() -> bool:
+    """Ping the watchdog at half of `$WATCHDOG_USEC`; the caller pings only when healthy.
+
+    Returns whether a ping went out (False: not under a watchdog, or not due yet).
+    """
     global _last_watchdog  # noqa: PLW0603 - one process, one watchdog
     usec = os.environ.get("WATCHDOG_USEC")
     if not usec:
-        return
+        return False
     now = time.monotonic()
-    if now - _last_watchdog >= int(usec) / 2e6:
-        _last_watchdog = now
-        notify("WATCHDOG=1")
+    if now - _last_watchdog < int(usec) / 2e6:
+        return False
+    _last_watchdog = now
+    return notify("WATCHDOG=1")
