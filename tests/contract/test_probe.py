@@ -22,8 +22,9 @@ import pytest
 from phoned.clock import Clock, MonotonicClock
 from phoned.core.events import Event, ProbeAnswered, ProbeFailed, Server
 from phoned.errors import ProbeError
+from phoned.probe.matching import AttemptBook, ProbeTarget
 from phoned.probe.sipmsg import parse_response
-from phoned.probe.udp import AttemptBook, ProbeTarget, UdpProber
+from phoned.probe.udp import UdpProber
 from phonelab.kamailio import KamailioPbx, free_udp_port
 
 P, B = Server.PRIMARY, Server.BACKUP

@@ -29,9 +29,9 @@ from phoned.core.events import CycleJudged, Event, ProbeAnswered, ProbeFailed, S
 from phoned.core.failover import FailoverPolicy, PolicySettings
 from phoned.errors import ProbeError
 from phoned.probe.connection import tls_context
-from phoned.probe.sipmsg import StreamFramer
+from phoned.probe.framing import StreamFramer
+from phoned.probe.matching import ProbeTarget
 from phoned.probe.stream import StreamProber
-from phoned.probe.udp import ProbeTarget
 from phoned.service.monitor import KeepaliveMonitor
 from phonelab.tls import CertAuthority, TlsFiles, self_signed
 

@@ -18,6 +18,7 @@ import pytest
 
 from phoned.clock import MonotonicClock
 from phoned.core.events import Event, ProbeFailed, Server
+from phoned.probe.matching import ProbeTarget
 from phoned.probe.resolve import (
     LOOKUP_LATE,
     NO_NAME,
@@ -30,7 +31,7 @@ from phoned.probe.resolve import (
     srv_name,
 )
 from phoned.probe.stream import StreamProber
-from phoned.probe.udp import ProbeTarget, UdpProber
+from phoned.probe.udp import UdpProber
 
 P, B = Server.PRIMARY, Server.BACKUP
 WAIT_S = 3.0

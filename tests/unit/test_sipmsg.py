@@ -10,16 +10,14 @@ from collections.abc import Callable
 import pytest
 
 from phoned.errors import PhonedError
+from phoned.probe.framing import FramingError, StreamFramer, content_length
 from phoned.probe.sipmsg import (
     BRANCH_COOKIE,
     MAX_HEAD_BYTES,
     MAX_HEADER_LINES,
-    FramingError,
     OptionsTemplate,
     SipResponse,
-    StreamFramer,
     build_options,
-    content_length,
     new_branch,
     new_call_id,
     new_tag,

@@ -3,7 +3,7 @@
 Owns: a non-blocking stream socket through its life (CONNECTING -> [HANDSHAKING] -> OPEN
 -> DEAD), the bytes waiting to be written, and cutting what arrives into SIP messages
 (`sipmsg.StreamFramer`). Must not touch: which request goes on which connection, SIP
-matching, timing (`probe_stream.StreamProber` decides those), name resolution.
+matching, timing (`stream.StreamProber` decides those), name resolution.
 
 Rule 1: nothing here waits. The owner selects on `sock` for reading when `wants_read`
 and for writing when `wants_write`, then calls `on_readable()` / `on_writable()`.
@@ -23,7 +23,7 @@ import socket
 import ssl
 
 from phoned.errors import PhonedError, ProbeError
-from phoned.probe.sipmsg import FramingError, StreamFramer
+from phoned.probe.framing import FramingError, StreamFramer
 from phoned.probe.udp import network_reason
 
 _READ_CHUNK = 16384

@@ -39,9 +39,10 @@ from phoned.clock import Clock
 from phoned.core.events import Event, ProbeFailed, Server
 from phoned.errors import PhonedError
 from phoned.probe.connection import tls_context
+from phoned.probe.matching import ProbeTarget
 from phoned.probe.sipmsg import format_hostport
 from phoned.probe.stream import StreamProber
-from phoned.probe.udp import ProbeTarget, UdpProber
+from phoned.probe.udp import UdpProber
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """SIP OPTIONS requests out, SIP responses in: the bytes of SPEC §1's probes (RFC 3261).
 
 Owns: building an out-of-dialog OPTIONS request, parsing a response into the few fields
-the prober matches on (status, Call-ID, CSeq, top Via branch), and cutting a TCP/TLS byte
-stream into messages by Content-Length (RFC 3261 §18.3).
+the prober matches on (status, Call-ID, CSeq, top Via branch), in bounded linear time.
+Cutting a TCP/TLS byte stream into messages is `framing`'s.
 
 Rule 1: pure. No sockets, no clock, no logging: bytes in, values out.
 Rule 2: `parse_response` never raises. Anything that is not a SIP response (a request,
@@ -10,9 +10,8 @@ garbage, a truncated datagram) is `None`; a response with a missing or malformed
 has `None` in that field, so the prober's matching simply fails.
 Rule 3: what we send is strict: a value that would break the message (CR/LF in a header,
 a branch without the RFC 3261 magic cookie) raises `ValueError` instead of going out.
-Rule 4: a stream that cannot be framed (no or a bad Content-Length, a message larger than
-the limit) raises `FramingError`: the boundary of the next message is lost, so the only
-way on is a new connection.
+Rule 4: bounded. A head over `MAX_HEAD_BYTES` or `MAX_HEADER_LINES` is not parsed at all,
+so no datagram costs more than a bounded, linear amount of work (SPEC §10).
 """
 
 from __future__ import annotations
@@ -22,8 +21,6 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-
-from phoned.errors import PhonedError
 
 #: RFC 3261 §8.1.1.7: every branch we send starts with this cookie.
 BRANCH_COOKIE = "z9hG4bK"
@@ -45,18 +42,12 @@ _HEADER_RE = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*:[ \t]*(.*)")
 _CSEQ_RE = re.compile(r"([0-9]{1,10})[ \t]+([A-Za-z0-9\-.!%*_+`'~]+)")
 _LINE_SPLIT_RE = re.compile(r"\r\n|\n")
 _LWS = " \t\r"
-_HEAD_END_RE = re.compile(rb"\r?\n\r?\n")
-_DIGITS_RE = re.compile(r"[0-9]{1,10}")
-#: Largest message accepted on a stream. A probe answer is well under 2 KiB; a peer that
-#: sends more than this without a message boundary is broken (or hostile).
-MAX_STREAM_MESSAGE = 65535
 #: Bounds on one message's head (start line and headers), datagram or stream: a probe
 #: answer has about a dozen header lines in well under 2 KiB. Anything past these is not
 #: parsed at all (a datagram is not a response; a stream is dropped), so a hostile peer
 #: can never make parsing cost more than a bounded, linear amount of work (SPEC §10).
 MAX_HEAD_BYTES = 16384
 MAX_HEADER_LINES = 256
-_LEADING_CRLF_RE = re.compile(rb"[\r\n]*")
 
 #: RFC 3261 §7.3.3 and later RFCs: compact header names and what they stand for.
 COMPACT_HEADERS: Mapping[str, str] = MappingProxyType(
@@ -310,6 +301,15 @@ def _message_head(data: bytes) -> str | None:
     return head.decode("utf-8", errors="replace")
 
 
+def head_headers(head: bytes) -> dict[str, tuple[str, ...]] | None:
+    """The headers of a message head (start line and header lines, no body), grouped by
+    lower-case full name; None when it has more than `MAX_HEADER_LINES` lines."""
+    lines = _LINE_SPLIT_RE.split(head.decode("utf-8", errors="replace"), MAX_HEADER_LINES + 1)
+    if len(lines) > MAX_HEADER_LINES + 1:
+        return None
+    return _parse_headers(lines[1:])
+
+
 def _parse_headers(lines: list[str]) -> dict[str, tuple[str, ...]]:
     """Unfold continuation lines (RFC 3261 §7.3.1) and group values by header name.
 
@@ -375,92 +375,3 @@ def _split_outside_quotes(text: str, sep: str) -> list[str]:
         current.append(ch)
     parts.append("".join(current))
     return parts
-
-
-# -------------------------------------------------------------------------- stream
-
-
-class FramingError(PhonedError, ValueError):
-    """A stream's bytes cannot be cut into SIP messages; the connection must be dropped."""
-
-
-class StreamFramer:
-    """Cuts a TCP/TLS byte stream into whole SIP messages (RFC 3261 §18.3).
-
-    A message is its head (up to the blank line) plus exactly `Content-Length` body
-    bytes; the header is mandatory on streams. CR/LF between messages (RFC 5626 §3.5.1
-    keep-alive pings and pongs) is skipped.
-
-    Args:
-        max_message: bytes a single message may take, head and body together.
-    """
-
-    def __init__(self, max_message: int = MAX_STREAM_MESSAGE) -> None:
-        self._buffer = bytearray()
-        self._max_message = max_message
-        #: How far the buffer was searched for the end of the head: each byte is searched
-        #: once however small the pieces it arrives in (no quadratic rescans).
-        self._scanned = 0
-
-    @property
-    def buffered(self) -> int:
-        """Bytes received that do not make a whole message yet."""
-        return len(self._buffer)
-
-    def feed(self, data: bytes) -> list[bytes]:
-        """Add `data`; return every message now complete, in order.
-
-        Raises:
-            FramingError: no or a malformed Content-Length, or a message over the limit.
-                The framer is unusable afterwards (drop the connection).
-        """
-        self._buffer += data
-        messages: list[bytes] = []
-        while (message := self._next_message()) is not None:
-            messages.append(message)
-        return messages
-
-    def _next_message(self) -> bytes | None:
-        if self._scanned == 0 and (skip := _LEADING_CRLF_RE.match(self._buffer)) is not None:
-            del self._buffer[: skip.end()]  # CR/LF keep-alives between messages
-        # The end marker is at most 4 bytes: resume 3 bytes back so a split one is found.
-        head_end = _HEAD_END_RE.search(self._buffer, max(0, self._scanned - 3))
-        if head_end is None:
-            self._scanned = len(self._buffer)
-            limit = min(self._max_message, MAX_HEAD_BYTES)
-            if len(self._buffer) > limit:
-                raise FramingError(f"no end of headers within {limit} bytes")
-            return None
-        self._scanned = head_end.start()  # the head is complete; wait for the body here
-        if head_end.start() > MAX_HEAD_BYTES:
-            raise FramingError(f"message head of {head_end.start()} bytes is over {MAX_HEAD_BYTES}")
-        head = bytes(self._buffer[: head_end.start()])
-        total = head_end.end() + content_length(head)
-        if total > self._max_message:
-            raise FramingError(f"message of {total} bytes is over {self._max_message}")
-        if len(self._buffer) < total:
-            return None
-        message = bytes(self._buffer[:total])
-        del self._buffer[:total]
-        self._scanned = 0
-        return message
-
-
-def content_length(head: bytes) -> int:
-    """The Content-Length of a message head (`l` accepted), required on streams.
-
-    Raises:
-        FramingError: missing, not a number, or given twice with different values.
-    """
-    lines = _LINE_SPLIT_RE.split(head.decode("utf-8", errors="replace"), MAX_HEADER_LINES + 1)
-    if len(lines) > MAX_HEADER_LINES + 1:
-        raise FramingError(f"more than {MAX_HEADER_LINES} header lines")
-    values = {v.strip() for v in _parse_headers(lines[1:]).get("content-length", ())}
-    if not values:
-        raise FramingError("no Content-Length on a stream")
-    if len(values) > 1:
-        raise FramingError(f"conflicting Content-Length values {sorted(values)}")
-    value = values.pop()
-    if not _DIGITS_RE.fullmatch(value):
-        raise FramingError(f"bad Content-Length {value!r}")
-    return int(value)

@@ -1,9 +1,9 @@
 """The TCP/TLS prober: SPEC §1's OPTIONS over a stream, without ever blocking the monitor.
 
 Owns: which connection each attempt goes on, when connections are opened and dropped, and
-the matching of replies to attempts. Must not touch: socket steps (`stream_conn.py`:
+the matching of replies to attempts. Must not touch: socket steps (`connection`:
 connect, TLS handshake, writes, framing), timing (the core's `SendProbe` says when; `send`
-acts at once), failover decisions, name resolution (`resolve.py`), pjsua2.
+acts at once), failover decisions, name resolution (`resolve`), pjsua2.
 
 Why no threads: every step of a connection is driven from the monitor's `select` loop.
 `writers()` lists the sockets waiting for a connect or a handshake to make progress (or
@@ -40,6 +40,7 @@ from phoned.clock import Clock
 from phoned.core.events import Event, ProbeFailed, Server
 from phoned.errors import ProbeError
 from phoned.probe.connection import ConnState, StreamConnection, StreamError, tls_context
+from phoned.probe.matching import AttemptBook, ProbeTarget
 from phoned.probe.sipmsg import (
     OptionsTemplate,
     format_hostport,
@@ -48,7 +49,6 @@ from phoned.probe.sipmsg import (
     new_tag,
     parse_response,
 )
-from phoned.probe.udp import AttemptBook, ProbeTarget
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ the matching of replies to attempts. Must not touch: timing (when to send is the
 Rule 1: one `connect()`ed socket per server. Linux reports ICMP port unreachable only to
 a connected UDP socket (STACK-NOTES): the error fails the next `recv` (or the next `send`,
 and that datagram is *not* sent), within a fraction of a millisecond of the probe.
-Rule 2: a reply counts only if it matches an attempt exactly: top Via branch, Call-ID,
-CSeq number and method, and the source address and port of the target. Anything else
-is counted in `unmatched` and ignored. A final reply is reported once per attempt.
+Rule 2: a reply counts only if it matches an attempt exactly (`matching.AttemptBook`): top
+Via branch, Call-ID, CSeq number and method, and the source address and port of the
+target. Anything else is counted in `unmatched` and ignored. A final reply is reported once per attempt.
 Rule 3: `send` and `receive` never raise for network errors: they become `ProbeFailed`
 for the latest attempt sent to that server.
 """
@@ -25,11 +25,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from phoned.clock import Clock
-from phoned.core.events import Event, ProbeAnswered, ProbeFailed, Server
+from phoned.core.events import Event, ProbeFailed, Server
 from phoned.errors import ProbeError
+from phoned.probe.matching import AttemptBook, ProbeTarget
 from phoned.probe.sipmsg import (
     OptionsTemplate,
-    SipResponse,
     format_hostport,
     new_branch,
     new_call_id,
@@ -43,7 +43,6 @@ _MAX_DATAGRAM = 65535
 #: Datagrams read per `receive` call at most, so a flood cannot starve the monitor loop;
 #: the rest stay readable for its next `select`.
 _MAX_DRAIN = 256
-_CYCLES_KEPT = 2  # the task brief: remember the attempts of the last two cycles
 
 #: errno of a send or receive -> the `ProbeFailed.reason` the core and logs see.
 _NETWORK_ERRORS: Mapping[int, str] = {
@@ -62,110 +61,6 @@ _NETWORK_ERRORS: Mapping[int, str] = {
     errno.ECONNRESET: "connection reset",
     errno.EPROTO: "protocol error",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeTarget:
-    """Where a server's OPTIONS go.
-
-    As configured (`make_prober`'s input), `host` is an IP literal or a name, and port 0
-    asks for DNS SRV. As handed to a transport prober, `host` is always an IP literal and
-    `name` the configured name it was resolved from (None for a literal): TLS checks the
-    server certificate against `name or host`.
-    """
-
-    host: str
-    port: int
-    name: str | None = None
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """`(host, port)`, as the SIP stack wants it."""
-        return (self.host, self.port)
-
-    @property
-    def is_literal(self) -> bool:
-        """Whether `host` is an IP address (nothing to resolve but SRV for port 0)."""
-        try:
-            ipaddress.ip_address(self.host)
-        except ValueError:
-            return False
-        return True
-
-
-@dataclass(slots=True)
-class _Attempt:
-    cycle: int
-    attempt: int
-    call_id: str
-    cseq: int
-    sent_at: float  #: clock seconds, taken just before the datagram was handed over
-    answered: bool = False  #: a final (>= 200) reply was reported already
-
-
-class AttemptBook:
-    """The attempts sent to one server in the last two cycles, and reply matching.
-
-    Pure (no sockets, no clock): the prober's IO wraps it, tests drive it directly.
-
-    Args:
-        server: the server the attempts went to.
-        peer: the target as the kernel reports sources, `(ip_text, port)`.
-    """
-
-    def __init__(self, server: Server, peer: tuple[str, int]) -> None:
-        self.server = server
-        self.peer = peer
-        self._by_branch: dict[str, _Attempt] = {}
-        self._latest: _Attempt | None = None
-
-    def unanswered(self, branch: str) -> tuple[int, int] | None:
-        """(cycle, attempt) of the attempt sent with `branch`, if still remembered and
-        without a final reply; None otherwise."""
-        sent = self._by_branch.get(branch)
-        return None if sent is None or sent.answered else (sent.cycle, sent.attempt)
-
-    @property
-    def latest(self) -> tuple[int, int] | None:
-        """(cycle, attempt) of the latest attempt sent, if any."""
-        return None if self._latest is None else (self._latest.cycle, self._latest.attempt)
-
-    def record(
-        self, branch: str, *, cycle: int, attempt: int, call_id: str, cseq: int, sent_at: float
-    ) -> None:
-        """Remember a sent attempt and forget those older than the last two cycles."""
-        oldest_kept = cycle - (_CYCLES_KEPT - 1)
-        stale = [b for b, a in self._by_branch.items() if a.cycle < oldest_kept]
-        for old_branch in stale:
-            del self._by_branch[old_branch]
-        sent = _Attempt(cycle, attempt, call_id, cseq, sent_at)
-        self._by_branch[branch] = sent
-        self._latest = sent
-
-    def match(
-        self, response: SipResponse | None, source: tuple[str, int], now: float
-    ) -> ProbeAnswered | None:
-        """The answer `response` gives to one of our attempts, or None if it matches none.
-
-        `source` is the sender `(ip_text, port)` as `recvfrom` reported it.
-        """
-        if response is None or source != self.peer or response.via_branch is None:
-            return None
-        sent = self._by_branch.get(response.via_branch)
-        if (
-            sent is None
-            or sent.answered
-            or response.call_id != sent.call_id
-            or response.cseq_number != sent.cseq
-            or response.cseq_method != "OPTIONS"
-        ):
-            return None
-        if response.status_code >= 200:
-            sent.answered = True
-        rtt_ms = max(0.0, (now - sent.sent_at) * 1000.0)
-        return ProbeAnswered(
-            self.server, sent.cycle, sent.attempt, response.status_code, rtt_ms, self.peer
-        )
 
 
 @dataclass(slots=True)
