@@ -26,7 +26,8 @@ import pytest
 
 from phoned.clock import MonotonicClock
 from phoned.core.events import CycleJudged, Event, ProbeAnswered, ProbeFailed, SendProbe, Server
-from phoned.core.failover import FailoverPolicy, PolicySettings
+from phoned.core.failover import FailoverPolicy
+from phoned.core.policy import PolicySettings
 from phoned.errors import ProbeError
 from phoned.probe.connection import tls_context
 from phoned.probe.framing import StreamFramer

@@ -23,7 +23,8 @@ from phoned.core.events import (
     UseServer,
     Verdict,
 )
-from phoned.core.failover import FailoverPolicy, PolicyError, PolicySettings
+from phoned.core.failover import FailoverPolicy
+from phoned.core.policy import PolicyError, PolicySettings
 
 P, B = Server.PRIMARY, Server.BACKUP
 START_S = 1000.0  # the fake clock's reading at boot

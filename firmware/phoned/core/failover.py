@@ -5,7 +5,7 @@ the active server and the service state. Sans-IO like aioquic: every call takes 
 (monotonic seconds), `next_deadline()` says when to call `on_deadline()`, and every call
 returns the actions (`phoned.core.events`) the shell must carry out, in order.
 Must not touch: sockets, threads, clocks, sleeps, randomness or logging. It imports only
-typing helpers, `enum`, `dataclasses` and phoned's events and errors.
+typing helpers, `enum`, `dataclasses` and the core's own modules.
 
 Rules:
 1. Grid. Cycle n starts at start_0 + n * interval_s, computed from the grid's anchor, never
@@ -43,7 +43,6 @@ Rules:
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 
 from phoned.core.cycle import Cycle, ServerProbe
 from phoned.core.events import (
@@ -61,56 +60,10 @@ from phoned.core.events import (
     UseServer,
     Verdict,
 )
-from phoned.errors import PhonedError
+from phoned.core.policy import PolicyError, PolicySettings, PolicySnapshot
 
 _SERVICE_UNAVAILABLE = 503  # SPEC §1: "503 counts as no reply"
 _KEEPALIVE_OFF = "keep-alive probing off: service follows registration"
-
-
-class PolicyError(PhonedError, RuntimeError):
-    """The core was handed an event or setting its state cannot make sense of."""
-
-
-@dataclass(frozen=True, slots=True)
-class PolicySettings:
-    """The redundancy settings the core obeys (SPEC §3 `[redundancy]`).
-
-    Raises:
-        PolicyError: a value no schedule can follow (checked on creation).
-    """
-
-    #: `sip_keep_alive_interval`: seconds between two cycle starts.
-    interval_s: float = 15.0
-    #: `sip_keep_alive_mode`: probe with OPTIONS; off = registration drives failover.
-    keepalive: bool = True
-    #: `backup_destination` (with an address): probe the backup and fail over to it.
-    backup_enabled: bool = False
-    #: Consecutive cycles with the primary up, while on the backup, before failing back.
-    failback_cycles: int = 1
-    #: Wait after each attempt (SPEC §1: 800 ms, then 400, 400); its length = attempts.
-    attempt_timeouts_s: tuple[float, ...] = (0.8, 0.4, 0.4)
-
-    def __post_init__(self) -> None:
-        if not self.interval_s > 0:
-            raise PolicyError(f"interval_s must be > 0, got {self.interval_s}")
-        if self.failback_cycles < 1:
-            raise PolicyError(f"failback_cycles must be >= 1, got {self.failback_cycles}")
-        if not self.attempt_timeouts_s or not all(t > 0 for t in self.attempt_timeouts_s):
-            raise PolicyError(f"attempt_timeouts_s must be > 0, got {self.attempt_timeouts_s}")
-
-
-@dataclass(frozen=True, slots=True)
-class PolicySnapshot:
-    """What the core knows, for `phoned status` (SPEC §4)."""
-
-    active: Server
-    service: Service
-    cycle: int  #: the last cycle started; -1 before the first
-    next_cycle_at: float | None  #: start of the next cycle; None when probing is off
-    last_verdicts: tuple[Verdict, ...]  #: each server's latest verdict, primary first
-    good_primary_cycles: int  #: consecutive cycles with the primary up while on backup
-    ignored_answers: int  #: answers for judged, dropped or already decided probes
-    pending_cycles: tuple[int, ...]  #: started and not judged yet
 
 
 class _Outcome(enum.Enum):

@@ -9,7 +9,8 @@ a connected UDP socket (STACK-NOTES): the error fails the next `recv` (or the ne
 and that datagram is *not* sent), within a fraction of a millisecond of the probe.
 Rule 2: a reply counts only if it matches an attempt exactly (`matching.AttemptBook`): top
 Via branch, Call-ID, CSeq number and method, and the source address and port of the
-target. Anything else is counted in `unmatched` and ignored. A final reply is reported once per attempt.
+target. Anything else is counted in `unmatched` and ignored. A final reply is reported
+once per attempt.
 Rule 3: `send` and `receive` never raise for network errors: they become `ProbeFailed`
 for the latest attempt sent to that server.
 """
