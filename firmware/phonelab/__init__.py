@@ -10,6 +10,6 @@ and `kamailio_cfg` (lab PBX: registrar, digest auth, presence, call routes, TCP/
 `proxy` (outbound proxy), `faults` (blackhole, stop, freeze), `sipp` (late or failing
 responder), `calls` (sipp call peers), `tls` (a lab CA), `dns` (dnsmasq), `sipreq` (SIP a
 test sends by hand), `capture` (tcpdump), `pcap` (pure pcap reader and SIP summaries),
-`timing` and `benchreport` (benchmark arithmetic and report), `phone` (the phone under
-test), `follow` (traffic that shows a switch) and `errors` (`LabError`).
+`timing`, `stream_timing` and `benchreport` (benchmark arithmetic and report), `phone`
+(the phone under test), `follow` (traffic that shows a switch) and `errors` (`LabError`).
 """

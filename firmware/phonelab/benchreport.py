@@ -16,7 +16,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 from phonelab.kamailio import TLS_PORT
-from phonelab.timing import BlfTiming, FailoverTiming, StreamTiming, VpnTiming, summarize
+from phonelab.stream_timing import (
+    StreamTiming,
+)
+from phonelab.timing import (
+    BlfTiming,
+    FailoverTiming,
+    VpnTiming,
+    summarize,
+)
 
 IDLE_INTERVAL_S = 15  # SPEC §3: the default sip_keep_alive_interval
 KIB_PER_MB = 1e6 / 1024  # SPEC §9 counts resident memory in MB (10^6 bytes)

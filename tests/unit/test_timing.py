@@ -6,20 +6,22 @@ import pytest
 
 from phonelab.errors import LabError
 from phonelab.pcap import Packet
-from phonelab.timing import (
+from phonelab.stream_timing import (
     Segment,
     attempt_starts,
+    first_sends,
+    stream_failover_timing,
+    tcp_segments,
+)
+from phonelab.timing import (
     blf_timing,
     cpu_percent,
     cpu_ticks,
     failover_timing,
-    first_sends,
     header,
     requests,
     response_to,
-    stream_failover_timing,
     summarize,
-    tcp_segments,
     vm_rss_kib,
     vpn_timing,
 )
