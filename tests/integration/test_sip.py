@@ -454,7 +454,7 @@ def test_unknown_transport_is_refused_before_pjsua(make_phone: MakePhone) -> Non
     assert phone.stack.registration(Server.PRIMARY) is RegState.IDLE
 
 
-# ------------------------------------------------------------ BLF (sip_blf.py wired in)
+# ------------------------------------------------------------ BLF (sip/subscriptions.py wired in)
 
 
 def _lamps(phone: Phone) -> list[tuple[str, BlfState]]:

@@ -1,7 +1,8 @@
 """The SIP stack (SPEC §1, §2, §4): every pjsua2 and pjsip import lives here and only here.
 
 Owns: `endpoint` (the library, transports, timers), `account` (one account per PBX),
-`leaving` (accounts on their way out), `calls`, `subscriptions` (BLF, RFC 4235) with
+`registration` (getting REGISTERs out, retrying refused ones), `leaving` (accounts on
+their way out), `calls`, `subscriptions` (BLF, RFC 4235) with
 `dialog_info` (the pure dialog-info parser), `pjsip_hooks` (a ctypes pjsip module),
 `features` (calls and lamps) and `stack` (`PjsuaStack`, the adapter behind the
 `SipStack` port).

@@ -6,12 +6,13 @@ Owns: the SIP vocabulary the supervisor hands to the stack (`SipIdentity`, `SipT
 `TxGate`, a pjsip module (through ctypes) that keeps requests off the wire while an
 account of a dead server is deleted.
 Must not touch: the library's life cycle, its event loop, threads, or which server is
-active: `sip.py` decides all of that and is the only caller of this module.
+active: `stack.py` decides all of that; it, `registration.py` and `leaving.py` are the
+only callers of this module.
 
 Rule 1: a pjsua2 callback never raises and never blocks. `ServerAccount` catches every
 exception and hands plain facts to `on_change`, which only records them.
 Rule 2: nothing here may run on a thread other than the stack's owner thread (STACK-NOTES:
-pjsua2 aborts the process); `sip.py` enforces it before calling in.
+pjsua2 aborts the process); `stack` enforces it before calling in.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from phoned.sip.pjsip_hooks import TX_CALLBACK, PjsipModule, PjStr, pjsua_librar
 
 log = logging.getLogger("phoned.sip")
 
-#: Transports a target may name (SPEC §3); `sip_endpoint.py` creates one of each.
+#: Transports a target may name (SPEC §3); `endpoint` creates one of each.
 TRANSPORTS = ("udp", "tcp", "tls")
 #: Final answers to an authenticated REGISTER that mean "wrong user name or password".
 REJECTED_CODES = frozenset({401, 403, 407})
@@ -78,6 +79,10 @@ class RegState(enum.Enum):
     UNREGISTERING = "unregistering"
 
 
+#: Registration failures that mean "this server cannot serve" (SPEC §1, keep-alive off).
+_SERVER_UNREACHABLE_CODES = frozenset({408, 503})
+
+
 @dataclass(frozen=True, slots=True)
 class RegistrationChanged:
     """The registration state of `server` changed (delivered on the stack's thread)."""
@@ -90,6 +95,14 @@ class RegistrationChanged:
     #: challenge): "primary rejected credentials for 1001". pjsua does not retry these.
     rejected: bool = False
 
+    @property
+    def server_unreachable(self) -> bool:
+        """The server cannot serve: a REGISTER that timed out (408) or was answered 503.
+
+        SPEC §1, keep-alive off: this is what drives the failover (the core decides).
+        """
+        return self.state is RegState.FAILED and self.code in _SERVER_UNREACHABLE_CODES
+
 
 @dataclass(frozen=True, slots=True)
 class BlfChanged:
@@ -101,11 +114,16 @@ class BlfChanged:
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """When pjsua retries a failed REGISTER (SPEC §2: a random spread between phones)."""
+    """When a failed REGISTER is retried (SPEC §2: a random spread between phones).
+
+    pjsua retries a REGISTER the server failed; `registration.py` retries one that pjsua
+    refused to send (`refused_s`, doubling up to `first_interval_s`, spread too).
+    """
 
     first_interval_s: int = 30  #: wait after the first failure
     interval_s: int = 60  #: wait after later failures
     random_s: int = 10  #: pjsua adds or removes up to this much at random each time
+    refused_s: float = 1.0  #: first wait after pjsua refused a REGISTER (e.g. PJSIP_EBUSY)
 
 
 class RegStartedParam(Protocol):
@@ -204,7 +222,7 @@ class ServerAccount(pj.Account):  # type: ignore[misc]  # pjsua2 ships no stubs
     """The pjsua2 account of one server; tracks its registration state.
 
     Keep a Python reference for as long as pjsua2 may call it (STACK-NOTES), i.e. until
-    the library is destroyed: `sip.py` keeps shut-down accounts in a graveyard.
+    the library is destroyed: `stack` keeps shut-down accounts in a graveyard.
     """
 
     def __init__(

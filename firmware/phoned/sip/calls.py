@@ -5,11 +5,11 @@ Owns: the call vocabulary handed to the supervisor (`CallState`, `CallDirection`
 call callbacks, and `CallBook`, which knows every live call, which server it was set up
 through, and answers incoming calls by policy (auto-answer or ring) once the source has
 been checked against the configured servers.
-Must not touch: accounts, registrations or the library's life: `sip.py` owns those and
+Must not touch: accounts, registrations or the library's life: `stack` owns those and
 is the only caller. This module never decides which server is active.
 
 Rule 1 (SPEC §1/§2): a call keeps its dialog on the server it was set up through until it
-ends. Nothing here hangs a call up because the active server changed; `sip.py` asks
+ends. Nothing here hangs a call up because the active server changed; `stack` asks
 `live_on(account)` before deleting an account and keeps it while calls use it.
 Rule 2 (SPEC §2): an incoming INVITE is accepted only from an address of one of the two
 configured servers (or their outbound proxies); anything else gets 403.

@@ -5,7 +5,7 @@ into dialog states, the rule that turns them into one lamp state per extension
 (`BlfState`), and `DialogTracker`, which applies a subscription's successive full and
 partial notifications (§4.1) in version order.
 Must not touch: SIP, sockets, pjsua2, logging, the clock. Bytes in, values out: the
-subscriptions that receive the NOTIFYs live in `sip_blf.py`.
+subscriptions that receive the NOTIFYs live in `subscriptions`.
 
 Rule 1 (the lamp): any dialog "confirmed" -> BUSY; else any dialog "early", "proceeding"
 or "trying" -> RINGING; else (no dialog, all "terminated") -> IDLE. BUSY wins over RINGING:

@@ -4,7 +4,7 @@ Owns: the one `pj.Endpoint` of the process (`libCreate` .. `libDestroy`), its UD
 TLS transports (TLS verifying the server against `tls_ca_file`), pjsip's transaction
 timers (`register_timeout_s`, set through ctypes), the routing of pjsip's log to the
 "phoned.pjsip" logger, and what the TLS layer said about the last rejected certificate.
-Must not touch: accounts, calls, or which server is in use (`sip.py` owns those); any
+Must not touch: accounts, calls, or which server is in use (`stack` owns those); any
 thread but the stack's owner (the caller guarantees it).
 
 Rule 1: UDP must come up (it is the default transport and the start fails without it);

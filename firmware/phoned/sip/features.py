@@ -1,22 +1,37 @@
 """The phone's user-facing SIP features on top of the stack: calls and BLF lamps (SPEC §4).
 
 Owns: the public methods `phoned call` / `phoned hangup` / `phoned status` reach
-(`call`, `hangup`, `answer`, `calls`, `blf_states`) and the list of addresses incoming
-calls are accepted from. `PjsuaStack` (`sip.py`) inherits them; they run on its owner
-thread like every other method and use its state, declared below.
-Must not touch: accounts, registration, the library: `sip.py` owns those.
+(`call`, `hangup`, `answer`, `calls`, `blf_states`), the list of addresses incoming
+calls are accepted from, and where the BLF subscriptions live (`watch_blf` for new keys,
+subscribe on a server, end them). `PjsuaStack` (`stack`) inherits them; they run on its
+owner thread like every other method and use its state, declared below.
+Must not touch: accounts, registration, the library: `stack` owns those.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import logging
+from collections.abc import Iterable, Mapping, Sequence
 
 from phoned.core.events import Server
 from phoned.errors import SipError
-from phoned.sip.account import ServerAccount, SipIdentity, call_uri
-from phoned.sip.calls import CallBook, CallInfo
+from phoned.sip.account import (
+    BlfChanged,
+    RegistrationChanged,
+    ServerAccount,
+    SipIdentity,
+    TxGate,
+    call_uri,
+)
+from phoned.sip.calls import CallBook, CallChanged, CallInfo
 from phoned.sip.dialog_info import BlfState
+from phoned.sip.pjsip_hooks import IncomingRequest, IncomingRequestHook
 from phoned.sip.subscriptions import BlfSubscriptions
+
+log = logging.getLogger("phoned.sip")
+
+#: Everything the stack reports through `on_event`.
+SipEvent = RegistrationChanged | CallChanged | BlfChanged
 
 
 class PhoneFeatures:
@@ -28,12 +43,20 @@ class PhoneFeatures:
     _accounts: dict[Server, ServerAccount]
     _blf: BlfSubscriptions | None
     _blf_keys: tuple[str, ...]
+    _blf_server: Server | None  #: where the subscriptions live now
+    _hook: IncomingRequestHook | None
+    _gate: TxGate | None
+    _release_when_registered: Server | None
+    _events: list[SipEvent]
     _peers_given: dict[Server, tuple[str, ...]]
 
     def _check_thread(self) -> None:
         raise NotImplementedError
 
     def _settle(self) -> None:
+        raise NotImplementedError
+
+    def _destroy_library(self) -> None:
         raise NotImplementedError
 
     # -- calls (SPEC §4: phoned call / hangup) --------------------------------------------
@@ -121,4 +144,72 @@ class PhoneFeatures:
                 merged[server].append(target.proxy[0])
         self._calls.accept_from(merged)
 
-    # -- switching servers (SPEC §2) ----------------------------------------------------
+    # -- BLF subscriptions on the server in use (SPEC §2 step 2, §7 keys) ---------------
+    def _start_blf(self) -> None:
+        mute = self._gate.muted if self._gate is not None else None
+        self._blf = BlfSubscriptions(self._blf_keys, self._on_blf_change, mute=mute)
+        self._hook = IncomingRequestHook(self._on_request)
+        try:
+            self._hook.install()
+        except SipError:
+            self._hook = None
+            self._destroy_library()
+            raise
+
+    def watch_blf(self, keys: Sequence[str]) -> None:
+        """New `[blf] keys` (settings changed): the subscriptions are ended (un-SUBSCRIBE)
+        and fresh ones made for `keys` where they lived (STACK-NOTES: fresh buddies, never
+        a re-subscribe). Same keys: nothing happens.
+
+        Raises:
+            SipError: wrong thread, not started, or the request hook cannot be installed.
+        """
+        self._check_thread()
+        keys = tuple(keys)
+        if keys == self._blf_keys:
+            return
+        where = self._blf_server
+        if where is None and self._release_when_registered is None:
+            where = self._active
+        self._end_blf(None, send=True)
+        self._blf_keys = keys
+        if not keys:
+            self._blf = None  # the hook stays: it reads nothing without subscriptions
+        elif self._hook is None:
+            self._start_blf()
+        else:
+            mute = self._gate.muted if self._gate is not None else None
+            self._blf = BlfSubscriptions(keys, self._on_blf_change, mute=mute)
+        if where is not None:
+            self._subscribe_blf(where)
+        self._settle()
+
+    def _subscribe_blf(self, server: Server) -> None:
+        account = self._accounts.get(server)
+        if self._blf is None or account is None:
+            return
+        target = account.target
+        domain = self._identity.domain or f"{target.host}:{target.port}"
+        self._blf_server = server  # partial subscriptions are ended with the rest
+        try:
+            self._blf.subscribe(account, domain, target.transport)
+        except (SipError, ValueError) as exc:  # lamps stay unknown; registration goes on
+            log.warning("sip: blf on %s: %s -> lamps unknown", server.value, exc)
+
+    def _end_blf(self, server: Server | None, *, send: bool) -> None:
+        """End the subscriptions when they live on `server` (None: wherever they are)."""
+        if self._blf is None or self._blf_server is None:
+            return
+        if server is None or server is self._blf_server:
+            self._blf.end(send=send)
+            self._blf_server = None
+
+    def _on_request(self, request: IncomingRequest) -> int | None:
+        """From the request hook, inside libHandleEvents: BLF NOTIFYs are read, never
+        answered here (pjsua answers them, which keeps the subscriptions alive)."""
+        if self._blf is not None:
+            self._blf.on_request(request)
+        return None
+
+    def _on_blf_change(self, ext: str, state: BlfState) -> None:
+        self._events.append(BlfChanged(ext, state))

@@ -1,7 +1,7 @@
 """Accounts on their way out of the SIP stack: un-REGISTERing, kept for calls, deleted.
 
-Owns: the accounts `sip.py` no longer uses for new traffic: those *leaving* (un-REGISTER
-in flight, Rule 2 of `sip.py`), those *kept* only because calls set up through them are
+Owns: the accounts `stack` no longer uses for new traffic: those *leaving* (un-REGISTER
+in flight, Rule 2 of `stack`), those *kept* only because calls set up through them are
 still up (Rule 4), and the shut-down ones, referenced until `libDestroy` (STACK-NOTES:
 pjsua2 may call into them until then).
 Must not touch: the current accounts, the choice of server, calls themselves (it only
@@ -13,6 +13,11 @@ Rule 2: an account with calls up is never deleted: its registration is switched 
 it is deleted by `progress()` once its last call has ended (measured on 2.15.1:
 `pjsua_acc_del` leaves the call running, but the call then refers to a freed account
 slot that the next account created reuses).
+Rule 3: a leaver whose binding may still be on its server (REGISTERING, REGISTERED,
+UNREGISTERING) is handed back by `revive()` when the stack switches back to that server
+and target. A new account there would register the same Contact, and the leaver's
+un-REGISTER, landing after it (measured: a retransmission 0.5-1.5 s later), removed that
+binding while the new account believed itself registered.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from collections.abc import Callable
 import pjsua2 as pj
 
 from phoned.core.events import Server
-from phoned.sip.account import RegState, ServerAccount, TxGate
+from phoned.sip.account import RegState, ServerAccount, SipTarget, TxGate
 from phoned.sip.calls import CallBook
 
 log = logging.getLogger("phoned.sip")
@@ -42,7 +47,7 @@ class LeavingAccounts:
     ) -> None:
         """Args:
         calls: the stack's calls (which account still carries one).
-        record: reports a registration state of a server (`sip.py` de-duplicates).
+        record: reports a registration state of a server (`stack` de-duplicates).
         is_current: whether a server has a current account again (then its state is
             that account's, not a leaver's).
         """
@@ -78,11 +83,23 @@ class LeavingAccounts:
         with contextlib.suppress(pj.Error):
             account.modify(account.config)
         refused_before = self.gate.refused
+        # With a REGISTER pending, pjsua refuses the account's un-REGISTER itself and
+        # logs "Unable to create/send REGISTER: Object is busy": expected here.
+        pending = " (its REGISTER pending)" if account.state is RegState.REGISTERING else ""
         self._retire(account, muted=True, unregister=True)
         refused = self.gate.refused - refused_before
-        log.info("sip: %s account dropped, %d request(s) kept off the wire, %d call(s) "
-                 "kept on it -> presumed dead", server.value, refused, calls)  # fmt: skip
+        log.info("sip: %s account dropped%s, %d request(s) kept off the wire, %d call(s) "
+                 "kept on it -> presumed dead", server.value, pending, refused, calls)  # fmt: skip
         self._record(server, RegState.IDLE, 0, "dropped without un-REGISTER")
+
+    def revive(self, server: Server, target: SipTarget) -> ServerAccount | None:
+        """Rule 3: take back the newest leaver of `server` at `target` still bound there."""
+        for account in reversed(self._leaving):
+            if account.server is server and account.target == target and account.state in _BOUND:
+                self._leaving.remove(account)
+                self._unregister_tried.pop(id(account), None)
+                return account
+        return None
 
     def release(self, account: ServerAccount) -> None:
         """Un-REGISTER `account` (its server is alive), then delete it once answered."""

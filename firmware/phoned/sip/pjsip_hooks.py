@@ -5,7 +5,7 @@ pjsip structures phoned reads or fills (`PjStr`, `PjsipModule`, the head of
 `pjsip_rx_data`), the run-time check of that layout, turning a received request into an
 `IncomingRequest` (`parse_request`, pure), and `IncomingRequestHook`, the module that
 hands every incoming request to Python and answers it when asked to.
-Must not touch: pjsua2's objects, the library's life cycle or event loop (`sip.py`), and
+Must not touch: pjsua2's objects, the library's life cycle or event loop (`stack`), and
 any request it is not asked to answer: those go on to pjsua unchanged.
 
 Rule 1 (STACK-NOTES, measured on 2.15.1): priority 31 sits just above the transaction

@@ -1,10 +1,10 @@
 """The pjsua2 adapter: the phone's SIP stack (SPEC §1, §2): registration, calls, transports.
 
 Owns: which pjsua2 account is *current* for which server (at most one each; accounts on
-their way out are `sip_leaving.py`'s), the one thread allowed to call pjsua2, and the
-order in which registration, BLF subscriptions (`sip_blf.py`) and calls
-(`sip_calls.py`) move between servers. The library and its transports live in
-`sip_endpoint.py`. Only these `sip_*` modules import pjsua2.
+their way out are `leaving`'s), the one thread allowed to call pjsua2, and the
+order in which registration, BLF subscriptions (`subscriptions`) and calls
+(`calls`) move between servers. The library and its transports live in
+`endpoint`. Only the modules of this subpackage import pjsua2.
 Must not touch: the choice of server (the failover core's), sockets other than pjsua's,
 or pjsua2 from any thread but the owner: pjsua2 aborts the process when called from an
 unregistered thread, so every public method raises `SipError` there instead.
@@ -24,6 +24,12 @@ Rule 5 (STACK-NOTES, BLF): on failover the dead server's subscriptions are dropp
 silently and its account deleted before the backup's buddies are created; on failback
 the backup's are un-SUBSCRIBEd once the primary is REGISTERED, then the backup is
 un-REGISTERed and the primary's subscriptions are created.
+Rule 6: a switch ends registered on the server it names, or says why and retries.
+Switching back to a server whose account is still leaving (its REGISTER or un-REGISTER
+pending) makes that account current again (`leaving.py` Rule 3); one caught
+un-REGISTERing is asked for a REGISTER, which pjsua refuses (PJSIP_EBUSY) until the
+un-REGISTER is answered. Every REGISTER pjsua refuses is reported FAILED with why and
+retried after a random spread (`registration.py`, from `poll()`).
 """
 
 from __future__ import annotations
@@ -47,15 +53,15 @@ from phoned.sip.account import (
     SipIdentity,
     SipTarget,
     TxGate,
-    account_config,
     rejected,
 )
 from phoned.sip.calls import CallBook, CallChanged, CallDirection, CallInfo, CallState
 from phoned.sip.dialog_info import BlfState
 from phoned.sip.endpoint import SipEndpoint
-from phoned.sip.features import PhoneFeatures
+from phoned.sip.features import PhoneFeatures, SipEvent
 from phoned.sip.leaving import LeavingAccounts
-from phoned.sip.pjsip_hooks import IncomingRequest, IncomingRequestHook
+from phoned.sip.pjsip_hooks import IncomingRequestHook
+from phoned.sip.registration import Registrar
 from phoned.sip.subscriptions import BlfSubscriptions
 
 __all__ = [
@@ -76,15 +82,12 @@ __all__ = [
 
 log = logging.getLogger("phoned.sip")
 
-#: Everything the stack reports through `on_event`.
-SipEvent = RegistrationChanged | CallChanged | BlfChanged
-
 
 class PjsuaStack(PhoneFeatures):
     """pjsua2 with one account per server; every method on the `start()` thread.
 
     Calls and BLF lamps (`call`, `hangup`, `answer`, `calls`, `blf_states`,
-    `accept_calls_from`) come from `PhoneFeatures` (`sip_features.py`).
+    `accept_calls_from`) come from `PhoneFeatures` (`features`).
 
     pjsua2 is one library per process, and a second `pj.Endpoint()` aborts the process
     (measured: C++ `terminate`): only one stack may be started at a time.
@@ -126,9 +129,7 @@ class PjsuaStack(PhoneFeatures):
             SipError: `register_timeout_s` out of 1..32.
         """
         self._identity = identity
-        self._register_expires = register_expires
         self._on_event = on_event
-        self._retry = retry or RetryPolicy()
         self._library = SipEndpoint(
             local_port=local_port,
             user_agent=user_agent,
@@ -147,7 +148,12 @@ class PjsuaStack(PhoneFeatures):
         self._blf_server: Server | None = None  # where the subscriptions live now
         self._hook: IncomingRequestHook | None = None
         self._release_when_registered: Server | None = None
-        self._reg_started: dict[Server, float] = {}
+        self._registrar = Registrar(
+            identity, register_expires=register_expires, retry=retry or RetryPolicy(),
+            accounts=self._accounts, on_change=self._on_account_change,
+            on_incoming=self._on_incoming_call, report=self._record,
+            tls_rejection=self._library.tls_rejection_since,
+        )  # fmt: skip
         self._reported = dict.fromkeys(Server, (RegState.IDLE, 0, ""))
         self._events: list[SipEvent] = []
         self._peers_given: dict[Server, tuple[str, ...]] = {}
@@ -185,17 +191,6 @@ class PjsuaStack(PhoneFeatures):
         took_ms = (time.monotonic() - started) * 1000.0
         log.info("sip: pjsua2 up on port %d in %.1f ms -> ready", port, took_ms)
 
-    def _start_blf(self) -> None:
-        mute = self._gate.muted if self._gate is not None else None
-        self._blf = BlfSubscriptions(self._blf_keys, self._on_blf_change, mute=mute)
-        self._hook = IncomingRequestHook(self._on_request)
-        try:
-            self._hook.install()
-        except SipError:
-            self._hook = None
-            self._destroy_library()
-            raise
-
     def shutdown(self, timeout_s: float = 2.0) -> None:
         """End the calls, un-REGISTER what is registered, wait for the answers up to
         `timeout_s`, then destroy the library. Idempotent; a stack never started does
@@ -210,6 +205,8 @@ class PjsuaStack(PhoneFeatures):
         started = time.monotonic()
         deadline = started + timeout_s
         self._release_when_registered = None
+        for server in Server:
+            self._registrar.cancel(server)
         self._calls.hangup(None)
         self._end_blf(None, send=True)
         for server in list(self._accounts):
@@ -268,9 +265,10 @@ class PjsuaStack(PhoneFeatures):
 
         Calling it again for the server in use with the same target does nothing.
 
+        A REGISTER (or account) pjsua refuses is reported FAILED and retried (Rule 6).
+
         Raises:
-            SipError: wrong thread, not started, the target's transport is unavailable,
-                or pjsua2 refused the account.
+            SipError: wrong thread, not started, or the target's transport is unavailable.
         """
         self._check_thread()
         self._library.require(target.transport)
@@ -280,13 +278,16 @@ class PjsuaStack(PhoneFeatures):
             if current is not None:
                 self._end_blf(server, send=True)
                 self._release(server)
-            self._create_account(server, target)
+            self._take_account(server, target)
         self._active = server
         other = server.other
+        if other not in self._accounts:
+            self._registrar.cancel(other)  # a retry to create it is moot now
         if server is Server.BACKUP:
             self._release_when_registered = None
             if other in self._accounts:
                 self._end_blf(other, send=False)  # Rule 5: the primary is presumed dead
+                self._registrar.cancel(other)
                 self._leavers.drop_silently(self._accounts.pop(other))
         elif other in self._accounts:
             self._release_when_registered = other  # Rule 5: BLF moves once registered
@@ -295,52 +296,33 @@ class PjsuaStack(PhoneFeatures):
         self._update_peers()
         self._settle()
 
-    def _create_account(self, server: Server, target: SipTarget) -> None:
-        config = account_config(
-            self._identity, target, register_expires=self._register_expires, retry=self._retry
-        )
-        account = ServerAccount(server, target, config, self._on_account_change)
-        account.on_incoming = self._on_incoming_call
-        self._accounts[server] = account  # before create(): its callbacks fire inside it
-        self._reg_started[server] = time.monotonic()
-        try:
-            account.create(config)  # registerOnAdd: the REGISTER leaves now
-        except pj.Error as exc:
-            del self._accounts[server]
-            raise SipError(
-                f"sip: cannot create the {server.value} account for {target.host}:"
-                f"{target.port}: {exc.info()}"
-            ) from exc
-        log.info("sip: %s account for %s:%d/%s created -> registering",
-                 server.value, target.host, target.port, target.transport)  # fmt: skip
+    def _take_account(self, server: Server, target: SipTarget) -> None:
+        """Rule 6: `server`'s leaver at `target` becomes current again, else a new one."""
+        self._registrar.cancel(server)
+        account = self._leavers.revive(server, target)
+        if account is None:
+            self._registrar.create(server, target)
+            return
+        self._accounts[server] = account
+        log.info("sip: %s account at %s:%d still %s -> current again",
+                 server.value, target.host, target.port, account.state.value)  # fmt: skip
+        if account.state is RegState.UNREGISTERING:
+            self._registrar.register(account)  # refused until the un-REGISTER is answered
+        else:
+            self._on_account_change(account)
 
     def _release(self, server: Server) -> None:
         """Rule 2: un-REGISTER `server`'s account, then delete it once answered."""
+        self._registrar.cancel(server)
         self._leavers.release(self._accounts.pop(server))
 
-    def _subscribe_blf(self, server: Server) -> None:
-        account = self._accounts.get(server)
-        if self._blf is None or account is None:
-            return
-        target = account.target
-        domain = self._identity.domain or f"{target.host}:{target.port}"
-        self._blf_server = server  # partial subscriptions are ended with the rest
-        try:
-            self._blf.subscribe(account, domain, target.transport)
-        except (SipError, ValueError) as exc:  # lamps stay unknown; registration goes on
-            log.warning("sip: blf on %s: %s -> lamps unknown", server.value, exc)
-
-    def _end_blf(self, server: Server | None, *, send: bool) -> None:
-        """End the subscriptions when they live on `server` (None: wherever they are)."""
-        if self._blf is None or self._blf_server is None:
-            return
-        if server is None or server is self._blf_server:
-            self._blf.end(send=send)
-            self._blf_server = None
-
     def _settle(self) -> None:
-        """Act on recorded changes (calls, release the backup, reap leavers), report."""
+        """Act on recorded changes (calls, retries, release the backup, reap leavers),
+        report."""
         self._calls.settle()
+        for account in self._registrar.run_due():  # an account created at last
+            if self._release_when_registered is None:
+                self._subscribe_blf(account.server)
         waiting = self._release_when_registered
         if waiting is not None:
             newcomer = self._accounts.get(waiting.other)
@@ -358,32 +340,12 @@ class PjsuaStack(PhoneFeatures):
         """From pjsua2 callbacks (Rule 3): record only."""
         current = self._accounts.get(account.server)
         if current is account or (current is None and account in self._leavers):
-            reason = self._explain(account)
+            reason = self._registrar.explain(account)
             self._record(account.server, account.state, account.code, reason)
-
-    def _explain(self, account: ServerAccount) -> str:
-        """pjsua's reason, or the TLS layer's when a certificate was rejected."""
-        if account.state is not RegState.FAILED or account.target.transport != "tls":
-            return account.reason
-        since = self._reg_started.get(account.server, 0.0)
-        rejection = self._library.tls_rejection_since(since)
-        if rejection is None:
-            return account.reason
-        return f"TLS certificate rejected by {rejection.remote}: {rejection.detail}"
 
     def _on_incoming_call(self, account: ServerAccount, call_id: int, source: str) -> None:
         """From `onIncomingCall` (Rule 3): the book wraps the call; `settle()` decides."""
         self._calls.on_incoming(account, account.server, call_id, source)
-
-    def _on_request(self, request: IncomingRequest) -> int | None:
-        """From the request hook, inside libHandleEvents: BLF NOTIFYs are read, never
-        answered here (pjsua answers them, which keeps the subscriptions alive)."""
-        if self._blf is not None:
-            self._blf.on_request(request)
-        return None
-
-    def _on_blf_change(self, ext: str, state: BlfState) -> None:
-        self._events.append(BlfChanged(ext, state))
 
     def _record(self, server: Server, state: RegState, code: int, reason: str) -> None:
         if self._reported[server] == (state, code, reason):

@@ -4,7 +4,7 @@ Owns: the pjsua2 buddies of the BLF keys on the server in use (one generation at
 time), subscribing them to the dialog event package through ctypes (the SWIG module
 offers presence only, STACK-NOTES), matching incoming dialog NOTIFYs to the keys, and the
 lamp state of each key, reported to `on_change` on the pjsua2 thread, only on change.
-Must not touch: accounts, the choice of server, the library's life or threads (`sip.py`);
+Must not touch: accounts, the choice of server, the library's life or threads (`stack`);
 answering the NOTIFYs: pjsua keeps the subscriptions alive by answering them itself.
 
 Rule 1 (STACK-NOTES, measured on 2.15.1): a buddy is never re-subscribed (that sent
@@ -15,7 +15,7 @@ un-SUBSCRIBE first is worse: pjsua answers that final NOTIFY by re-subscribing a
 500 ms, and deleting then sends a second un-SUBSCRIBE (481).
 Rule 2: a dead server gets nothing (`end(send=False)`): the buddies are deleted inside
 `mute()`, a context in which pjsip refuses every outgoing request (`TxGate.muted` of
-`sip_account.py`); otherwise pjsip would retransmit each un-SUBSCRIBE for 32 s.
+`account`); otherwise pjsip would retransmit each un-SUBSCRIBE for 32 s.
 Rule 3: a NOTIFY is one of ours when it has `Event: dialog` and its From user is one of
 the keys. Its Call-ID ties it to a subscription: NOTIFYs of a generation that `end()`
 closed (the final ones of the server left behind) change nothing.
