@@ -1,11 +1,11 @@
-"""The `phoned` command line (SPEC §4): run, check-config, status, call, hangup, app, demo.
+"""The `phoned` command line (SPEC §4): run, check-config, status, call, hangup, app, resync, demo.
 
 Owns: argument parsing, loading the settings, exit codes and turning every expected error
 into one clear message on stderr (never a traceback). Must not touch: the service's
 internals (the supervisor runs them) or the lab (the demo module drives it).
 
 Exit codes: 0 success; 1 bad settings or the service failed; 2 bad usage; 3 the service is
-not running (`status`, `call`, `hangup`, `app`).
+not running (`status`, `call`, `hangup`, `app`, `resync`).
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     hangup = sub.add_parser("hangup", help="end the running call(s)")
     hangup.add_argument("--call-id", type=int, default=None, help="only this call")
     hangup.add_argument("--config", default=DEFAULT_CONFIG, help="settings file (TOML)")
+    resync = sub.add_parser("resync", help="re-read and apply the settings now, live")
+    resync.add_argument("--config", default=DEFAULT_CONFIG, help="settings file (TOML)")
     demo = sub.add_parser("demo", help="run the local lab: fail over and back (SPEC §8)")
     demo.add_argument("--interval", type=int, default=2, help="keep-alive interval in s")
     return parser
@@ -60,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "call": lambda a: _ask(a.config, "call", {"ext": a.ext}),
         "hangup": lambda a: _ask(a.config, "hangup", {"call_id": a.call_id}),
         "app": lambda a: _ask(a.config, "app", {"name": a.name}),
+        "resync": lambda a: _ask(a.config, "resync", {}),
         "demo": lambda a: _demo(a.interval),
     }
     try:
@@ -144,6 +147,9 @@ def _ask(config_path: str, cmd: str, args: dict[str, object]) -> int:
         sys.stdout.write(result["content"])
         if not result["content"].endswith("\n"):
             sys.stdout.write("\n")
+    elif cmd == "resync":
+        changed = ", ".join(result["changed"]) or "nothing changed"
+        print(f"{result['source']}: applied ({changed})")
     elif cmd == "call":
         print(f"calling {args['ext']} through the {result['server']} (call {result['call_id']})")
     else:

@@ -36,9 +36,10 @@ from phoned.core.events import (
     SendProbe,
     Server,
 )
-from phoned.core.failover import FailoverPolicy, PolicySettings
+from phoned.core.failover import FailoverPolicy
+from phoned.core.policy import PolicySettings
+from phoned.probe.matching import ProbeTarget
 from phoned.probe.resolve import make_prober
-from phoned.probe.udp import ProbeTarget
 from phoned.service.monitor import KeepaliveMonitor
 from phonelab.capture import Capture
 from phonelab.dns import DnsServer
@@ -115,7 +116,7 @@ def run_session(argv: list[str]) -> int:
 
     settings = PolicySettings(interval_s=INTERVAL_S, backup_enabled=Server.BACKUP in targets)
     policy = FailoverPolicy(settings, clock.now(), first_cycle_delay_s=1.2)
-    monitor = KeepaliveMonitor(policy, prober, clock, on_action, observe)
+    monitor = KeepaliveMonitor(policy, prober, clock, on_action, observe=observe)
     monitor.start()
     finished = done.wait(INTERVAL_S * (args.cycles + 2))
     monitor.stop()

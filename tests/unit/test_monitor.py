@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pytest
 
 from phoned.clock import MonotonicClock
 from phoned.core.events import Action, Event, ProbeAnswered, Server, UseServer
-from phoned.core.failover import FailoverPolicy, PolicySettings
+from phoned.core.failover import FailoverPolicy
+from phoned.core.policy import PolicySettings
+from phoned.probe.matching import ProbeTarget
 from phoned.service.monitor import KeepaliveMonitor
 
 
@@ -20,6 +22,7 @@ class RecordingProber:
 
     def __init__(self, reply: list[Event] | None = None) -> None:
         self.sent: list[tuple[Server, int, int]] = []
+        self.retargeted: list[dict[Server, ProbeTarget]] = []
         self.third_attempt = threading.Event()
         self._reply = reply or []
 
@@ -43,6 +46,9 @@ class RecordingProber:
 
     def writable(self, _sock: socket.socket) -> list[Event]:
         return []
+
+    def retarget(self, targets: Mapping[Server, ProbeTarget]) -> None:
+        self.retargeted.append(dict(targets))
 
     def close(self) -> None:
         pass

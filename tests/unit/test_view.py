@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from phoned.core.events import Server, Service, Verdict
 from phoned.device.view import view_from_snapshot
-from phoned.service.status import LedState, StatusBoard
+from phoned.service.status import BoardFacts, LedState, StatusBoard
 
 
 def board() -> StatusBoard:
-    status = StatusBoard(
+    facts = BoardFacts(
         "1001",
         {Server.PRIMARY: ("192.0.2.11", 5060), Server.BACKUP: ("192.0.2.12", 5060)},
         keepalive=True,
         interval_s=15,
     )
+    status = StatusBoard(lambda: facts)
     status.watch_blf(("1002", "1003"))
     return status
 

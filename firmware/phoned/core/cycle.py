@@ -1,9 +1,9 @@
 """One probing cycle (SPEC §1): each server's attempts, misses and verdict.
 
-Owns: the bookkeeping of a single cycle for `failover.py`: when each server's next attempt
+Owns: the bookkeeping of a single cycle for `failover`: when each server's next attempt
 or down verdict is due, why each attempt missed, and the verdict with a reason an
 installer can read ("answered in 4 ms", "missed 3 probes", "answered 503 x3").
-Must not touch: the grid, the choice of server or the service state (`failover.py`
+Must not touch: the grid, the choice of server or the service state (`failover`
 decides those), nor any IO, clock or logging. Pure data and arithmetic.
 """
 

@@ -1,6 +1,6 @@
 """Inputs to and outputs of the failover core (SPEC §1), as frozen dataclasses.
 
-Owns: the vocabulary shared by the core (`failover.py`), the prober, the SIP adapter and
+Owns: the vocabulary shared by the core (`failover`), the prober, the SIP adapter and
 the supervisor. Must not touch: any IO, clock or thread. Everything here is plain data.
 
 Events flow *into* `FailoverPolicy.handle()`; actions flow *out* of it. Times inside

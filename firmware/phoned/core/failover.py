@@ -5,7 +5,7 @@ the active server and the service state. Sans-IO like aioquic: every call takes 
 (monotonic seconds), `next_deadline()` says when to call `on_deadline()`, and every call
 returns the actions (`phoned.core.events`) the shell must carry out, in order.
 Must not touch: sockets, threads, clocks, sleeps, randomness or logging. It imports only
-typing helpers, `enum`, `dataclasses` and the core's own modules.
+typing helpers, `enum` and the core's own modules.
 
 Rules:
 1. Grid. Cycle n starts at start_0 + n * interval_s, computed from the grid's anchor, never

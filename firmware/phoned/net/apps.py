@@ -12,14 +12,23 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from phoned.config.settings import AppLink
+from phoned.config.settings import AppLink, Settings
 from phoned.core.events import Server
 from phoned.errors import PhonedError
 
 #: An app answer larger than this is cut off: a phone screen shows a page, not a download.
 MAX_APP_BYTES = 1 << 20
+
+
+class LiveSettingsView(Protocol):
+    """Where the settings in force are read (`config.live.LiveSettings`)."""
+
+    def get(self) -> Settings:
+        """The settings in force now."""
+        ...
 
 
 class AppError(PhonedError, LookupError):
@@ -95,3 +104,36 @@ def _safe(url: str) -> str:
     if parts.password is None:
         return url
     return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+
+
+class PhoneApps:
+    """The app URLs in force: owned here, pointed at a server by the §2 switch.
+
+    Args:
+        settings: where `[apps]` and the two servers' addresses are read at each switch
+            (a `config.live.LiveSettings`): no copy is kept, so new settings apply at the
+            next `point_to`.
+    """
+
+    def __init__(self, settings: LiveSettingsView) -> None:
+        self._settings = settings
+        self._urls: dict[str, str] = {}
+
+    def point_to(self, server: Server) -> dict[str, str]:
+        """Each app's URL on `server`, now in force (SPEC §2 step 3)."""
+        current = self._settings.get()
+        self._urls = app_urls(
+            current.apps,
+            server,
+            current.server.address,
+            current.redundancy.backup_destination_address,
+        )
+        return dict(self._urls)
+
+    def url(self, name: str) -> str | None:
+        """The URL of app `name` on the server in use, if configured (any thread)."""
+        return self._urls.get(name)
+
+    def names(self) -> list[str]:
+        """The configured apps' names."""
+        return list(self._urls)

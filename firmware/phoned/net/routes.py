@@ -7,7 +7,7 @@ Rule 1: a route is touched (replaced, listed, deleted) only if it carries our pr
 number, so routes made by the system, DHCP or an installer are never changed.
 Rule 2: every call is idempotent (`replace`, not `add`), so a restart after a crash
 converges on the wanted state instead of failing on what the last run left.
-Must not touch: WireGuard peers (`vpn.py`), links it was not named, other tables' routes
+Must not touch: WireGuard peers (`vpn`), links it was not named, other tables' routes
 that lack our protocol. Never shells out to `ip`.
 """
 

@@ -13,7 +13,7 @@ wireguard-tools' own UAPI `set_config` sends `replace_peers=true`, which drops e
 session (measured: the handshake and counters reset, a new handshake starts).
 Rule 3: nothing secret leaves this module: keys are never logged, put in a message or in
 `status()`.
-Must not touch: kernel routes and addresses directly (`routes.py` does that, marked with
+Must not touch: kernel routes and addresses directly (`routes` does that, marked with
 our protocol number), SIP, the failover decision.
 """
 

@@ -4,7 +4,7 @@ Owns: the `wireguard-go -f IFNAME` child process (started, watched, stopped by P
 UAPI device whose `set_config` applies only the difference: wireguard-tools' own sends
 `replace_peers=true`, which resets every session (measured), and SPEC §6 wants both tunnels
 kept warm across a switch. Must not touch: routes, settings or which peer is active
-(`vpn.py` decides).
+(`vpn` decides).
 """
 
 from __future__ import annotations

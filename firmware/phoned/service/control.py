@@ -17,6 +17,7 @@ import os
 import select
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,14 +28,28 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 _MAX_REQUEST_BYTES = 64 * 1024
+#: How long one client may take to send its request line, in all.
+_READ_DEADLINE_S = 2.0
+#: The longest idle wait between two heartbeats.
+_BEAT_S = 1.0
 
 
 class ControlServer:
     """Answers control requests on a thread of its own until `stop()`."""
 
-    def __init__(self, path: str, handler: Handler) -> None:
+    def __init__(
+        self, path: str, handler: Handler, on_beat: Callable[[], None] | None = None
+    ) -> None:
+        """Args:
+        path: the socket file.
+        handler: answers one decoded request (on this server's thread).
+        on_beat: called at least every second while the thread is healthy (the
+            watchdog's heartbeat); a request holds it for at most its read deadline plus
+            the handler's own time.
+        """
         self._path = Path(path)
         self._handler = handler
+        self._on_beat = on_beat
         self._stop = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()  # stop() wakes the idle thread
         self._sock = self._listen()
@@ -76,7 +91,9 @@ class ControlServer:
 
     def _serve(self) -> None:
         while not self._stop.is_set():
-            readable, _, _ = select.select([self._sock, self._wake_r], [], [])
+            if self._on_beat is not None:
+                self._on_beat()
+            readable, _, _ = select.select([self._sock, self._wake_r], [], [], _BEAT_S)
             if self._sock not in readable:
                 continue
             try:
@@ -91,9 +108,7 @@ class ControlServer:
     def _answer(self, conn: socket.socket) -> None:
         conn.settimeout(2.0)
         try:
-            request = json.loads(_read_line(conn))
-            if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
-                raise ValueError("a request is a JSON object with a string 'cmd'")
+            request = _decode(_read_line(conn))
             reply = {"ok": True, "result": self._handler(request)}
         except (ValueError, KeyError) as exc:
             reply = {"ok": False, "error": str(exc)}
@@ -107,9 +122,31 @@ class ControlServer:
             conn.sendall(json.dumps(reply).encode() + b"\n")
 
 
-def _read_line(conn: socket.socket) -> bytes:
+def _decode(line: bytes) -> dict[str, Any]:
+    """A request line as a JSON object with a string `cmd` (the handler checks the rest).
+
+    Raises:
+        ValueError: not UTF-8 JSON, nested too deeply to decode, or not such an object.
+    """
+    try:
+        request = json.loads(line)
+    except RecursionError:
+        raise ValueError("a request is a flat JSON object, got one nested too deeply") from None
+    if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+        raise ValueError("a request is a JSON object with a string 'cmd'")
+    return request
+
+
+def _read_line(conn: socket.socket, within_s: float = _READ_DEADLINE_S) -> bytes:
+    """One line, read within `within_s` in all (not per byte: a client that trickles
+    bytes cannot hold the control thread longer than that)."""
+    deadline = time.monotonic() + within_s
     data = b""
     while b"\n" not in data:
+        remaining_s = deadline - time.monotonic()
+        if remaining_s <= 0:
+            raise TimeoutError(f"no whole line within {within_s:.0f} s")
+        conn.settimeout(remaining_s)
         chunk = conn.recv(4096)
         if not chunk:
             break
@@ -132,7 +169,7 @@ def request(
             sock.settimeout(timeout_s)
             sock.connect(path)
             sock.sendall(json.dumps({"cmd": cmd, **(args or {})}).encode() + b"\n")
-            reply = json.loads(_read_line(sock) or b"null")
+            reply = json.loads(_read_line(sock, timeout_s) or b"null")
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         raise ControlError(
             f"phoned is not running (no control socket at {path}: {exc.strerror})"

@@ -2,7 +2,9 @@
 
 Owns: the loop `deadline = policy.next_deadline()`, wait on the prober's sockets until then,
 feed answers and deadlines to the core, send the probes it asks for at once, and hand every
-other action to the supervisor. Must not touch: pjsua2, the status board, or any decision
+other action to the supervisor; a heartbeat at each turn of the loop (the watchdog's), and
+new settings (`reconfigure`) applied to the prober and the core on this thread, between two
+waits. Must not touch: pjsua2, the status board, or any decision
 (the core decides; this thread only carries events in and actions out).
 
 The thread never blocks but in `select`: a stream prober's connects and TLS handshakes
@@ -18,13 +20,16 @@ import queue
 import select
 import socket
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from phoned.clock import Clock
-from phoned.core.events import Action, Event, SendProbe, Server
-from phoned.core.failover import FailoverPolicy, PolicyError
+from phoned.core.events import Action, Event, SendProbe, Server, SettingsChanged
+from phoned.core.failover import FailoverPolicy
+from phoned.core.policy import PolicyError, PolicySettings
+from phoned.errors import PhonedError
+from phoned.probe.matching import ProbeTarget
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +38,8 @@ _MAX_WAIT_S = 1.0
 
 
 class Prober(Protocol):
-    """What the monitor needs of a prober (`probe.UdpProber`, `probe_stream.StreamProber`,
-    `resolve.ResolvingProber`)."""
+    """What the monitor needs of a prober (`probe.udp.UdpProber`, `probe.stream.StreamProber`,
+    `probe.resolve.ResolvingProber`)."""
 
     def sockets(self) -> Sequence[socket.socket]:
         """Sockets to wait on for reading."""
@@ -60,9 +65,21 @@ class Prober(Protocol):
         """`sock` (of `writers()`) is writable."""
         ...
 
+    def retarget(self, targets: Mapping[Server, ProbeTarget]) -> None:
+        """New configured targets (settings changed), used from the next cycle."""
+        ...
+
     def close(self) -> None:
         """Release every socket and worker."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Reconfigure:
+    """New settings for the core and the prober, applied on the monitor's thread."""
+
+    policy: PolicySettings
+    targets: Mapping[Server, ProbeTarget]
 
 
 class KeepaliveMonitor:
@@ -74,6 +91,8 @@ class KeepaliveMonitor:
         clock: monotonic time, the same the core was created with.
         on_action: receives every action but SendProbe (UseServer, CycleJudged, ...).
         observe: sees every probe sent and every event fed, for logs (optional).
+        on_beat: called at each turn of the loop, at least every second: the heartbeat
+            that the supervisor's watchdog waits for (a wedged loop stops beating).
     """
 
     def __init__(
@@ -82,19 +101,21 @@ class KeepaliveMonitor:
         prober: Prober,
         clock: Clock,
         on_action: Callable[[Action], None],
+        *,
         observe: Callable[[Event | SendProbe, float], None] | None = None,
+        on_beat: Callable[[], None] | None = None,
     ) -> None:
         self._policy = policy
         self._prober = prober
         self._clock = clock
         self._on_action = on_action
         self._observe = observe
-        self._inbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._on_beat = on_beat
+        self._inbox: queue.SimpleQueue[Event | _Reconfigure] = queue.SimpleQueue()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="keepalive", daemon=True)
-        self.heartbeat = time.monotonic()
         #: The core's next deadline and the last one fired (clock seconds), published so
         #: that the supervisor can poll pjsua2 briskly only when actions may come.
         self.next_deadline_at: float | None = None
@@ -108,6 +129,12 @@ class KeepaliveMonitor:
     def post(self, event: Event) -> None:
         """Hand an event to the core (thread-safe), e.g. RegistrationFailed."""
         self._inbox.put(event)
+        self._wake()
+
+    def reconfigure(self, policy: PolicySettings, targets: Mapping[Server, ProbeTarget]) -> None:
+        """New settings (thread-safe): the prober's targets, then the core's
+        `SettingsChanged`, both on this monitor's thread, in effect from the next cycle."""
+        self._inbox.put(_Reconfigure(policy, dict(targets)))
         self._wake()
 
     def stop(self, timeout_s: float = 1.0) -> None:
@@ -144,7 +171,8 @@ class KeepaliveMonitor:
     def _loop(self) -> None:
         self._dispatch(self._policy.start(self._clock.now()))
         while not self._stop.is_set():
-            self.heartbeat = time.monotonic()
+            if self._on_beat is not None:
+                self._on_beat()
             deadline = self._policy.next_deadline()
             self.next_deadline_at = deadline
             now = self._clock.now()
@@ -168,7 +196,18 @@ class KeepaliveMonitor:
         for sock in writable:
             self._feed(self._prober.writable(sock))
         while not self._inbox.empty():
-            self._feed([self._inbox.get_nowait()])
+            item = self._inbox.get_nowait()
+            if isinstance(item, _Reconfigure):
+                self._reconfigure(item)
+            else:
+                self._feed([item])
+
+    def _reconfigure(self, item: _Reconfigure) -> None:
+        try:
+            self._prober.retarget(item.targets)
+        except PhonedError as exc:  # the old targets stay in force; the timing still applies
+            log.error("keepalive: new probe targets refused: %s", exc)
+        self._feed([SettingsChanged(item.policy)])
 
     def _drain_wake(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):

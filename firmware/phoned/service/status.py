@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -41,12 +42,20 @@ def status_led(active: Server, service: Service, registered: bool) -> LedState:
     return LedState("green" if active is Server.PRIMARY else "amber")
 
 
+@dataclass(frozen=True, slots=True)
+class BoardFacts:
+    """What the status shows that the settings own: read at each snapshot, never kept."""
+
+    ext: str  #: the account's user name
+    servers: Mapping[Server, tuple[str, int]]  #: each server probed: configured host, port
+    keepalive: bool
+    interval_s: float
+
+
 @dataclass(slots=True)
 class ServerStatus:
-    """One PBX as the phone sees it."""
+    """One PBX as the phone sees it (its address is the settings': `BoardFacts`)."""
 
-    address: str
-    port: int
     registration: str = "idle"  #: a `sip.RegState` value
     registration_detail: str = ""  #: "200 OK", "408 Request Timeout"
     last_cycle: Verdict | None = None
@@ -54,10 +63,7 @@ class ServerStatus:
 
 @dataclass(slots=True)
 class _Board:
-    ext: str
-    servers: dict[Server, ServerStatus]
-    keepalive: bool
-    interval_s: float
+    servers: dict[Server, ServerStatus] = field(default_factory=dict)
     active: Server = Server.PRIMARY
     service: Service = Service.STARTING
     cycle: int | None = None
@@ -74,22 +80,20 @@ class _Board:
 class StatusBoard:
     """The phone's state, safe to update from one thread and read from another."""
 
-    def __init__(
-        self,
-        ext: str,
-        servers: dict[Server, tuple[str, int]],
-        *,
-        keepalive: bool,
-        interval_s: float,
-    ) -> None:
+    def __init__(self, facts: Callable[[], BoardFacts]) -> None:
+        """Args:
+        facts: what the settings in force say (account, servers, keep-alive), read at
+            each snapshot so that new settings show at once and nothing here goes stale.
+        """
         self._lock = threading.Lock()
-        roles = {role: ServerStatus(host, port) for role, (host, port) in servers.items()}
-        self._b = _Board(ext, roles, keepalive, interval_s)
+        self._facts = facts
+        self._b = _Board({role: ServerStatus() for role in Server})
 
     def watch_blf(self, keys: tuple[str, ...]) -> None:
-        """Show these BLF keys, every lamp unknown until a NOTIFY says otherwise."""
+        """Show these BLF keys: a key kept keeps its lamp, a new one is unknown until a
+        NOTIFY says otherwise, a removed one is gone."""
         with self._lock:
-            self._b.blf = dict.fromkeys(keys, "unknown")
+            self._b.blf = {key: self._b.blf.get(key, "unknown") for key in keys}
 
     def set_apps(self, urls: dict[str, str]) -> None:
         """Record each Phone App's URL on the server in use (SPEC §2 step 3)."""
@@ -141,17 +145,15 @@ class StatusBoard:
     def set_registration(self, server: Server, state: str, detail: str) -> None:
         """Record the registration state of one server."""
         with self._lock:
-            if server in self._b.servers:
-                self._b.servers[server].registration = state
-                self._b.servers[server].registration_detail = detail
+            self._b.servers[server].registration = state
+            self._b.servers[server].registration_detail = detail
 
     def set_cycle(self, cycle: int, verdicts: tuple[Verdict, ...]) -> None:
         """Record the last judged cycle."""
         with self._lock:
             self._b.cycle = cycle
             for verdict in verdicts:
-                if verdict.server in self._b.servers:
-                    self._b.servers[verdict.server].last_cycle = verdict
+                self._b.servers[verdict.server].last_cycle = verdict
 
     def set_call(self, call_id: int, call: dict[str, Any] | None) -> None:
         """Record a live call (a JSON-able dict), or forget an ended one (None)."""
@@ -169,19 +171,23 @@ class StatusBoard:
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-able picture of everything `phoned status` shows (SPEC §4)."""
+        facts = self._facts()
         with self._lock:
             b = self._b
             active = b.servers[b.active]
             registered = active.registration == "registered"
-            servers = {role.value: _server_dict(s) for role, s in b.servers.items()}
+            servers = {
+                role.value: _server_dict(address, b.servers[role])
+                for role, address in facts.servers.items()
+            }
             led = status_led(b.active, b.service, registered)
             return {
-                "account": b.ext,
+                "account": facts.ext,
                 "active": b.active.value,
                 "service": b.service.value,
                 "registered": registered,
                 "cycle": b.cycle,
-                "keepalive": {"enabled": b.keepalive, "interval_s": b.interval_s},
+                "keepalive": {"enabled": facts.keepalive, "interval_s": facts.interval_s},
                 "servers": servers,
                 "last_switch": dict(b.last_switch),
                 "calls": [dict(call) for _, call in sorted(b.calls.items())],
@@ -190,17 +196,17 @@ class StatusBoard:
                 "switch_steps": dict(b.steps),
                 "vpn": dict(b.vpn),
                 "device": dict(b.device),
-                "display": {"top_line": top_line(b.ext, b.active, b.service, registered)},
+                "display": {"top_line": top_line(facts.ext, b.active, b.service, registered)},
                 "leds": {"status": asdict(led)},
                 "uptime_s": round(time.time() - b.started_at, 1),
             }
 
 
-def _server_dict(status: ServerStatus) -> dict[str, Any]:
+def _server_dict(address: tuple[str, int], status: ServerStatus) -> dict[str, Any]:
     verdict = status.last_cycle
     return {
-        "address": status.address,
-        "port": status.port,
+        "address": address[0],
+        "port": address[1],
         "registration": status.registration,
         "registration_detail": status.registration_detail,
         "last_cycle": None

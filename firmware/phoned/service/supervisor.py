@@ -1,26 +1,29 @@
-"""The supervisor: wires settings, core, prober, SIP stack and control socket; owns threads.
+"""The supervisor: the main thread's loop, which is also the pjsua2 thread; owns threads.
 
-Owns: the main thread, which is also the pjsua2 thread (STACK-NOTES: one owner thread,
-`libHandleEvents` polled here); the queue through which other threads hand it actions; the
-status board's writes; signals; the order of start-up and shut-down. Must not touch:
-decisions (the core's), sockets of the prober, or pjsua2 from any other thread.
+Owns: the order of start-up and shut-down, signals (SIGTERM/SIGINT stop, SIGHUP re-reads
+the settings file), the pjsua2 event loop (`libHandleEvents` polled here, STACK-NOTES: one
+owner thread), carrying out the core's actions (a `UseServer` through `switch.Switch`),
+turning SIP events into status and log lines, the watchdog ping (only when every worker
+has beaten since the last one) and sd_notify. Everything is built by `wiring.Phone`.
+Must not touch: decisions (the core's), the prober or its sockets, name lookups, or
+pjsua2 from any other thread (other threads hand work over through `handover`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
-import random
 import signal
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
 from phoned.clock import MonotonicClock
-from phoned.config.loader import Settings
+from phoned.config.live import LiveSettings
+from phoned.config.loader import load_settings
+from phoned.config.settings import Settings
 from phoned.core.events import (
     Action,
     CycleJudged,
@@ -33,27 +36,19 @@ from phoned.core.events import (
     ServiceChanged,
     UseServer,
 )
-from phoned.core.failover import FailoverPolicy, PolicySettings
-from phoned.device.output import DeviceOutput
-from phoned.errors import PhonedError, VpnError
+from phoned.errors import ConfigError, PhonedError
 from phoned.logfmt import log_event
-from phoned.net.apps import AppError, app_urls, fetch
-from phoned.net.vpn import WireGuardVpn
-from phoned.probe.resolve import make_prober
 from phoned.service import journal, sdnotify
-from phoned.service.control import ControlServer
-from phoned.service.monitor import KeepaliveMonitor
-from phoned.service.status import StatusBoard
-from phoned.service.targets import call_sources, server_targets, sip_target
+from phoned.service.handover import MainThreadWork
+from phoned.service.requests import ControlRequests
+from phoned.service.wiring import Hooks, Phone
 from phoned.sip.stack import (
     BlfChanged,
     CallChanged,
     CallInfo,
-    PjsuaStack,
     RegistrationChanged,
     RegState,
     SipEvent,
-    SipIdentity,
 )
 
 log = logging.getLogger("phoned")
@@ -65,124 +60,96 @@ log = logging.getLogger("phoned")
 _BUSY_POLL_MS = 3
 _IDLE_POLL_MS = 100
 _BUSY_WINDOW_S = 0.06
-#: Registration failures that mean "this server cannot serve" (SPEC §1, keep-alive off).
-_REGISTRATION_DEAD_CODES = frozenset({408, 503})
-#: Keep-alive off (SPEC §1): registration is the only failure detector, so a REGISTER
-#: must fail fast (pjsip's own timeout is 32 s) and refresh often enough to notice a dead
-#: server: failover within about register refresh + 4 s.
-_REGISTRATION_DRIVEN_TIMEOUT_S = 4.0
-_REGISTRATION_DRIVEN_MAX_EXPIRES_S = 60
-
-
-@dataclass
-class _Command:
-    """Work the control thread hands the pjsua2 thread, and its outcome."""
-
-    run: Callable[[], dict[str, Any]]
-    done: threading.Event = field(default_factory=threading.Event)
-    result: dict[str, Any] = field(default_factory=dict)
-    error: str = ""
-
-
-def policy_settings(settings: Settings) -> PolicySettings:
-    """The core's view of the `[redundancy]` settings."""
-    red = settings.redundancy
-    return PolicySettings(
-        interval_s=float(red.sip_keep_alive_interval),
-        keepalive=red.sip_keep_alive_mode,
-        backup_enabled=settings.backup_enabled,
-        failback_cycles=red.failback_cycles,
-    )
+#: A worker silent this long is named in the log (the watchdog is no longer pinged).
+_STUCK_AFTER_S = 10.0
 
 
 class Supervisor:
     """Runs the phone until SIGTERM; `run()` returns the process exit code."""
 
     def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._targets = server_targets(settings)
         self._clock = MonotonicClock()
         self._actions: queue.SimpleQueue[Action] = queue.SimpleQueue()
-        self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
+        self._work = MainThreadWork()
         self._stop = threading.Event()
+        self._reload = threading.Event()
         self._ready = False
-        self.board = StatusBoard(
-            settings.account.username,
-            {role: (t.probe.host, t.probe.port) for role, t in self._targets.items()},
-            keepalive=settings.redundancy.sip_keep_alive_mode,
-            interval_s=float(settings.redundancy.sip_keep_alive_interval),
-        )
-        self.board.watch_blf(settings.blf.keys)
-        self.board.set_apps(self._app_urls(Server.PRIMARY))
-        self._sip = _sip_stack(settings, self._on_sip_event)
-        policy = policy_settings(settings)
-        # SPEC §1: start_0 at random within the first interval, so phones do not align.
-        first_cycle_delay_s = random.uniform(0.0, policy.interval_s)  # noqa: S311 - not secret
-        self._prober = make_prober(
-            {role: t.probe for role, t in self._targets.items()},
-            transport=settings.server.transport,
-            tls_ca_file=settings.server.tls_ca_file,
-            from_user=settings.account.username,
-            domain=settings.account.domain or settings.server.address,
-            user_agent=settings.sip.user_agent,
-            clock=self._clock,
-        )
-        self._monitor = KeepaliveMonitor(
-            FailoverPolicy(policy, self._clock.now(), first_cycle_delay_s),
-            self._prober,
-            self._clock,
+        self._answered: dict[Server, tuple[str, int]] = {}  #: from the core's verdicts
+        self._stuck_logged: set[str] = set()
+        self._vpn_status_at = float("-inf")
+        live = LiveSettings(settings)
+        self._requests = ControlRequests(live, self._work, self._reload_now)
+        hooks = Hooks(
+            on_sip_event=self._on_sip_event,
             on_action=self._actions.put,
             observe=self._observe,
+            on_key=self._on_key,
+            on_control=self._requests.handle,
         )
-        self._control = ControlServer(settings.service.control_socket, self._on_control)
-        self._vpn = (
-            WireGuardVpn(settings.vpn, state_dir=settings.service.state_dir)
-            if settings.vpn.enabled
-            else None
-        )
-        self._vpn_status_at = 0.0
-        self._device = DeviceOutput(
-            settings.board.profile, state_dir=settings.service.state_dir, on_key=self._on_key
-        )
+        self.phone = Phone(live, hooks, self._clock)
+        self._requests.attach(self.phone)
+        self.board = self.phone.board
 
     # -- life cycle ------------------------------------------------------------------
     def run(self) -> int:
         """Start everything, serve until SIGTERM/SIGINT, then stop cleanly."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
-        try:
-            if self._vpn is not None:  # SPEC §2: the tunnel first, so SIP travels it
-                self._vpn.start(Server.PRIMARY)
-            self._sip.start()
-            self._sip.accept_calls_from(call_sources(self._targets, self._prober.resolved))
-        except PhonedError:
-            self._control.stop()  # nothing else started yet
-            if self._vpn is not None:
-                self._vpn.stop()
-            raise
-        self._control.start()
-        self._monitor.start()
-        log_event(log, "started", f"phoned: started as {self._settings.account.username}")
+        signal.signal(signal.SIGHUP, lambda _s, _f: self._reload.set())
+        self._start_adapters()
+        self.phone.control.start()
+        self.phone.monitor.start()
+        ext = self.phone.live.get().account.username
+        log_event(log, "started", f"phoned: started as {ext}")
         code = 0
         while not self._stop.is_set():
-            self._sip.poll(self._poll_ms())
+            self.phone.sip.poll(self._poll_ms())
             self._drain_actions()
-            self._drain_commands()
+            self._work.drain()
+            if self._reload.is_set():
+                self._reload_on_signal()
             self._refresh_vpn_status()
-            vpn_alive = self._vpn is None or self._vpn.alive
-            if not (self._monitor.alive and self._control.alive and vpn_alive):
+            if not self._workers_alive():
                 log.error("phoned: a worker thread died; exiting so that it is restarted")
                 code = 1
                 break
-            sdnotify.watchdog()
+            self._feed_watchdog()
         self._shutdown()
         return code
 
+    def _start_adapters(self) -> None:
+        phone = self.phone
+        try:
+            if phone.vpn is not None:  # SPEC §2: the tunnel first, so SIP travels it
+                phone.vpn.start(Server.PRIMARY)
+            phone.sip.start()
+        except PhonedError:
+            phone.control.stop()  # nothing else started yet
+            if phone.vpn is not None:
+                phone.vpn.stop()
+            raise
+
+    def _workers_alive(self) -> bool:
+        phone = self.phone
+        vpn_alive = phone.vpn is None or phone.vpn.alive
+        return phone.monitor.alive and phone.control.alive and vpn_alive
+
+    def _feed_watchdog(self) -> None:
+        """SPEC §10 / STYLE §3: WATCHDOG=1 only once every worker beat since the last."""
+        beats = self.phone.heartbeats
+        stuck = set(beats.stuck(_STUCK_AFTER_S))
+        for worker in sorted(stuck - self._stuck_logged):
+            log.error("watchdog: %s silent for %.1f s, not pinging", worker, beats.silent_s(worker))
+        self._stuck_logged = stuck
+        if beats.due() and sdnotify.watchdog():
+            beats.ping_sent()
+
     def _poll_ms(self) -> int:
+        monitor = self.phone.monitor
         now = self._clock.now()
-        if now - self._monitor.last_deadline_at < _BUSY_WINDOW_S:
+        if now - monitor.last_deadline_at < _BUSY_WINDOW_S:
             return _BUSY_POLL_MS
-        deadline = self._monitor.next_deadline_at
+        deadline = monitor.next_deadline_at
         if deadline is None:
             return _IDLE_POLL_MS
         return max(1, min(_IDLE_POLL_MS, int((deadline - now) * 1000) + 1))
@@ -198,13 +165,39 @@ class Supervisor:
     def _shutdown(self) -> None:
         started = time.monotonic()
         sdnotify.notify("STOPPING=1")
-        self._monitor.stop()
-        self._sip.shutdown(timeout_s=1.0)  # un-REGISTER still travels the tunnel
-        if self._vpn is not None:
-            self._vpn.stop()  # routes removed (SPEC §6), interface and wireguard-go gone
-        self._control.stop()
-        self._device.close()
+        phone = self.phone
+        phone.monitor.stop()
+        phone.sip.shutdown(timeout_s=1.0)  # un-REGISTER still travels the tunnel
+        if phone.vpn is not None:
+            phone.vpn.stop()  # routes removed (SPEC §6), interface and wireguard-go gone
+        phone.control.stop()
+        phone.device.close()
         log_event(log, "stopped", "phoned: stopped", took_ms=(time.monotonic() - started) * 1000)
+
+    # -- new settings (on this thread) ----------------------------------------------
+    def _reload_on_signal(self) -> None:
+        with contextlib.suppress(ConfigError):  # logged with file:line; the old ones stay
+            self._reload_now()
+
+    def _reload_now(self) -> dict[str, Any]:
+        """Re-read the settings file and apply it live (SIGHUP, `phoned resync`)."""
+        self._reload.clear()
+        path = self.phone.live.get().source
+        try:
+            new = load_settings(path)
+        except ConfigError as exc:
+            log_event(log, "config", f"config: {path} rejected, nothing changed",
+                      result="rejected", reason=str(exc))  # fmt: skip
+            raise
+        applied = self.phone.apply(new)
+        changed = applied.changed
+        log_event(log, "config", f"config: {path} applied: {', '.join(changed) or 'no change'}",
+                  result="applied", changed=",".join(changed))  # fmt: skip
+        if applied.moved:  # SPEC §7: the registration follows the server in use at once
+            server = self.board.active
+            self._use_server(UseServer(server, f"new settings moved the {server.value}"))
+        self._publish_status()
+        return {"source": path, "changed": changed}
 
     # -- actions from the core (on this thread) ------------------------------------
     def _drain_actions(self) -> None:
@@ -226,50 +219,33 @@ class Supervisor:
             self._publish_status()
 
     def _use_server(self, action: UseServer) -> None:
-        targets = self._targets[action.server]
-        sip = sip_target(targets, self._prober.resolved(action.server))
-        journal.switch(action, self.board.active, targets.label, f"{sip.host}:{sip.port}")
+        phone = self.phone
+        plan = phone.plan(action, self._answered)
+        label = phone.targets[action.server].label
+        journal.switch(action, self.board.active, label, f"{plan.sip.host}:{plan.sip.port}")
         self.board.set_active(action.server, action.reason)
-        # SPEC §2 order: VPN routes, then SIP, then apps; each step's outcome in the status.
-        self.board.set_step("vpn", self._move_routes(action.server))
-        self._sip.accept_calls_from(call_sources(self._targets, self._prober.resolved))
-        self._sip.use_server(action.server, sip)
-        self.board.set_step("sip", f"registering on {action.server.value} {sip.host}:{sip.port}")
-        urls = self._app_urls(action.server)
-        self.board.set_apps(urls)
-        self.board.set_step("apps", f"{len(urls)} app(s) on {action.server.value}")
+        report = phone.switch.run(plan)  # SPEC §2 steps 1-3, in order
+        for step, outcome in report.steps.items():
+            self.board.set_step(step, outcome)
+        self.board.set_apps(report.apps)
         self._refresh_vpn_status(force=True)  # a netlink dump: after SIP, not before it
-        self._publish_status()
-
-    def _move_routes(self, server: Server) -> str:
-        if self._vpn is None:
-            return "off"
-        try:
-            self._vpn.point_to(server)
-        except VpnError as exc:  # SIP and apps still move: the backup may be reachable
-            log.error("%s", exc)
-            return f"failed: {exc}"
-        return f"routes via the {server.value} peer"
+        self._publish_status()  # step 4
 
     def _refresh_vpn_status(self, *, force: bool = False) -> None:
         """The VPN's state for the status board, read on this thread (every 5 s)."""
+        vpn = self.phone.vpn
         now = self._clock.now()
-        if self._vpn is None or (not force and now - self._vpn_status_at < 5.0):
+        if vpn is None or (not force and now - self._vpn_status_at < 5.0):
             return
         self._vpn_status_at = now
-        self.board.set_vpn(self._vpn.status())
-
-    def _app_urls(self, server: Server) -> dict[str, str]:
-        red = self._settings.redundancy
-        return app_urls(
-            self._settings.apps, server, self._settings.server.address,
-            red.backup_destination_address,
-        )  # fmt: skip
+        self.board.set_vpn(vpn.status())
 
     def _cycle_judged(self, action: CycleJudged) -> None:
         self.board.set_cycle(action.cycle, action.verdicts)
         for verdict in action.verdicts:
-            journal.verdict(action.cycle, verdict, self._targets[verdict.server].probe.host)
+            if verdict.up and verdict.address is not None:
+                self._answered[verdict.server] = verdict.address
+            journal.verdict(action.cycle, verdict, self.phone.targets[verdict.server].probe.host)
         self._publish_status()
         self._mark_ready()
 
@@ -291,15 +267,16 @@ class Supervisor:
     def _on_registration(self, event: RegistrationChanged) -> None:
         detail = f"{event.code} {event.reason}" if event.code else event.reason
         if event.rejected:
-            user = self._settings.account.auth_username or self._settings.account.username
+            account = self.phone.live.get().account
+            user = account.auth_username or account.username
             detail = f"{event.server.value} rejected credentials for {user} ({detail})"
         self.board.set_registration(event.server, event.state.value, detail)
-        journal.registration(event, self._targets[event.server].probe.host, detail)
+        target = self.phone.targets.get(event.server)
+        journal.registration(event, target.probe.host if target else "?", detail)
         if event.state is RegState.REGISTERED:
             self._mark_ready()
-        dead = event.state is RegState.FAILED and event.code in _REGISTRATION_DEAD_CODES
-        if dead and event.server is self.board.active:
-            self._monitor.post(RegistrationFailed(event.server, detail))
+        if event.server_unreachable:  # the core decides whether that moves anything
+            self.phone.monitor.post(RegistrationFailed(event.server, detail))
         self._publish_status()
 
     def _mark_ready(self) -> None:
@@ -309,85 +286,24 @@ class Supervisor:
 
     def _publish_status(self) -> None:
         snap = self.board.snapshot()
-        self._device.show(snap)  # SPEC §5: LEDs and display follow every change
-        self.board.set_device(self._device.state())
+        self.phone.device.show(snap)  # SPEC §5: LEDs and display follow every change
+        self.board.set_device(self.phone.device.state())
         sdnotify.notify(f"STATUS={snap['display']['top_line']} ({snap['service']})")
 
     def _on_key(self, index: int) -> None:
         """A line key was pressed (gpiozero's thread): call that BLF key's extension."""
-        keys = self._settings.blf.keys
+        keys = self.phone.live.get().blf.keys
         if index >= len(keys):
             log.info("key: line key %d pressed, no BLF extension on it", index + 1)
             return
         log.info("key: line key %d pressed -> calling %s", index + 1, keys[index])
-        self._commands.put(_Command(lambda: self._call(keys[index])))
+        self._work.post("call", self._requests.call_work(keys[index]))
 
     # -- probes and answers (on the monitor thread: log only) ------------------------
     def _observe(self, item: Event | SendProbe, _now: float) -> None:
         if isinstance(item, SendProbe | ProbeAnswered | ProbeFailed):
-            journal.probe(item, self._targets[item.server].probe.host)
-
-    # -- control socket (on the control thread; pjsua2 work is handed over) ------------
-    def _on_control(self, request: dict[str, Any]) -> dict[str, Any]:
-        cmd = request["cmd"]
-        if cmd == "status":
-            return self.board.snapshot()
-        if cmd == "call":
-            ext = request.get("ext")
-            if not isinstance(ext, str) or not ext.strip():
-                raise ValueError("call needs an extension, e.g. phoned call 1002")
-            return self._on_sip_thread(lambda: self._call(ext.strip()))
-        if cmd == "app":
-            name = str(request.get("name"))
-            url = self.board.app_url(name)
-            if url is None:
-                known = ", ".join(self.board.snapshot()["apps"]) or "none configured"
-                raise ValueError(f"no app {name!r} (apps: {known})")
-            try:
-                page = fetch(name, url)  # on this thread: pjsua2 is not involved
-            except AppError as exc:
-                raise ValueError(str(exc)) from exc
-            return {
-                "name": page.name,
-                "url": page.url,
-                "status": page.status,
-                "content_type": page.content_type,
-                "content": page.content.decode("utf-8", errors="replace"),
-            }
-        if cmd == "hangup":
-            call_id = request.get("call_id")
-            if call_id is not None and not isinstance(call_id, int):
-                raise ValueError("hangup takes a call id (a number)")
-            return self._on_sip_thread(lambda: {"ended": self._sip.hangup(call_id)})
-        raise ValueError(f"unknown command: {cmd}")
-
-    def _call(self, ext: str) -> dict[str, Any]:
-        call_id = self._sip.call(ext)
-        return {"call_id": call_id, "server": self.board.active.value}
-
-    def _on_sip_thread(
-        self, run: Callable[[], dict[str, Any]], timeout_s: float = 3.0
-    ) -> dict[str, Any]:
-        command = _Command(run)
-        self._commands.put(command)
-        if not command.done.wait(timeout_s):
-            raise ValueError(f"the SIP stack did not answer within {timeout_s:.0f} s")
-        if command.error:
-            raise ValueError(command.error)
-        return command.result
-
-    def _drain_commands(self) -> None:
-        while True:
-            try:
-                command = self._commands.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                command.result = command.run()
-            except PhonedError as exc:
-                command.error = str(exc)
-            finally:
-                command.done.set()
+            target = self.phone.targets.get(item.server)
+            journal.probe(item, target.probe.host if target else "?")
 
 
 def _call_dict(call: CallInfo) -> dict[str, Any]:
@@ -399,32 +315,3 @@ def _call_dict(call: CallInfo) -> dict[str, Any]:
         "server": call.server.value,
         "duration_s": round(call.duration_s, 1),
     }
-
-
-def _sip_stack(settings: Settings, on_event: Callable[[SipEvent], None]) -> PjsuaStack:
-    registration_driven = not settings.redundancy.sip_keep_alive_mode
-    expires = settings.sip.register_expires
-    if registration_driven:
-        expires = min(expires, _REGISTRATION_DRIVEN_MAX_EXPIRES_S)
-    return PjsuaStack(
-        _identity(settings),
-        local_port=settings.sip.local_port,
-        user_agent=settings.sip.user_agent,
-        register_expires=expires,
-        on_event=on_event,
-        auto_answer=settings.sip.auto_answer,
-        tls_ca_file=settings.server.tls_ca_file,
-        register_timeout_s=_REGISTRATION_DRIVEN_TIMEOUT_S if registration_driven else None,
-        blf_keys=settings.blf.keys,
-    )
-
-
-def _identity(settings: Settings) -> SipIdentity:
-    account = settings.account
-    return SipIdentity(
-        username=account.username,
-        password=account.password,
-        auth_username=account.auth_username or account.username,
-        display_name=account.display_name,
-        domain=account.domain or None,
-    )

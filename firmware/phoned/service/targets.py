@@ -2,24 +2,23 @@
 
 Owns: turning `[server]` and `[redundancy]` into one `ServerTargets` per server, and the
 choice of the address handed to the SIP stack at a switch (SPEC §1: names are resolved at
-each cycle, SRV when `port = 0`). Must not touch: sockets; the only lookups are through
-`resolve.py`, and only when the last cycle's answer is missing.
+each cycle, SRV when `port = 0`). Must not touch: sockets or the prober. At a switch the
+address comes with `UseServer` (where the server answered); names are looked up only when
+the targets are built (start-up, new settings) and, for SRV, when no probe decided the
+switch (start-up, keep-alive off): never during a probe-driven switch (SPEC §9's 50 ms).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from phoned.config.settings import Settings
 from phoned.core.events import Server
+from phoned.probe.matching import ProbeTarget
 from phoned.probe.resolve import ResolveError, lookup_addresses, resolve_target
-from phoned.probe.udp import ProbeTarget
 from phoned.sip.stack import SipTarget
-
-#: The address a prober used in its last cycle for a server, if any.
-Resolved = Callable[[Server], tuple[str, int] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,36 +66,47 @@ def _targets(host: str, port: int, transport: str, proxy: tuple[str, int]) -> Se
     )
 
 
-def sip_target(targets: ServerTargets, resolved: tuple[str, int] | None) -> SipTarget:
+def sip_target(targets: ServerTargets, answered: tuple[str, int] | None) -> SipTarget:
     """The SIP target for a switch to this server.
 
     A name with a port goes to pjsua as it is (it resolves A/AAAA itself, and TLS checks the
     certificate against that name). With port 0 (SRV) pjsua would not look up SRV, so it
-    gets the address the last cycle resolved, or one looked up now.
+    gets the address the server answered from (`UseServer.address`); only a switch no
+    probe decided (start-up, keep-alive off) looks the SRV record up here.
     """
     sip = targets.sip
     if sip.port:
         return sip
-    if resolved is None:
+    if answered is None:
         try:
-            resolved = resolve_target(targets.probe, sip.transport).address
+            answered = resolve_target(targets.probe, sip.transport).address
         except ResolveError:
             return replace(sip, port=5061 if sip.transport == "tls" else 5060)
-    return replace(sip, host=resolved[0], port=resolved[1])
+    return replace(sip, host=answered[0], port=answered[1])
 
 
-def call_sources(
-    targets: dict[Server, ServerTargets], resolved: Resolved
-) -> dict[Server, list[str]]:
-    """IP addresses incoming calls may come from: each server and its proxy (SPEC §2)."""
-    sources: dict[Server, list[str]] = {}
+def call_sources(targets: Mapping[Server, ServerTargets]) -> dict[Server, tuple[str, ...]]:
+    """IP addresses incoming calls may come from: each server and its proxy (SPEC §2).
+
+    Names are looked up here, once per set of targets (built at start-up and on new
+    settings), so a switch only adds what the probes learnt (`with_answers`).
+    """
+    sources: dict[Server, tuple[str, ...]] = {}
     for role, target in targets.items():
         hosts = [target.probe.host] + ([target.sip.proxy[0]] if target.sip.proxy else [])
-        last = resolved(role)
-        sources[role] = [last[0]] if last else []
-        for host in hosts:
-            sources[role] += _addresses(host)
+        sources[role] = tuple(address for host in hosts for address in _addresses(host))
     return sources
+
+
+def with_answers(
+    sources: Mapping[Server, tuple[str, ...]], answered: Mapping[Server, tuple[str, int]]
+) -> dict[Server, list[str]]:
+    """`sources` plus the address each server last answered a probe from."""
+    merged = {role: list(hosts) for role, hosts in sources.items()}
+    for role, (host, _port) in answered.items():
+        if role in merged and host not in merged[role]:
+            merged[role].insert(0, host)
+    return merged
 
 
 def _addresses(host: str) -> list[str]:

@@ -1,0 +1,233 @@
+"""The one wiring place: every component built from the settings, and new settings applied.
+
+Owns: building the phone's parts from one `LiveSettings` (status board, SIP stack, Phone
+Apps, VPN, the §2 switch, prober and keep-alive monitor, control socket, device output,
+heartbeats), the few rules that turn settings into adapter arguments (keep-alive off:
+short REGISTER timeout and expiry), and `Phone.apply`, the one path by which new settings
+reach a running phone: each part gets the new settings (or its part) through one method,
+and values read at use time come from `LiveSettings`, so nothing is left stale.
+Must not touch: threads and the order of start and stop (the supervisor's), decisions
+(the core's), or any library directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from phoned.clock import Clock
+from phoned.config.live import LiveSettings
+from phoned.config.settings import Settings
+from phoned.core.events import Action, Event, SendProbe, Server, UseServer
+from phoned.core.failover import FailoverPolicy
+from phoned.core.policy import PolicySettings
+from phoned.device.output import DeviceOutput
+from phoned.net.apps import PhoneApps
+from phoned.net.vpn import WireGuardVpn
+from phoned.probe.matching import ProbeTarget
+from phoned.probe.resolve import make_prober
+from phoned.service.control import ControlServer
+from phoned.service.monitor import KeepaliveMonitor
+from phoned.service.status import BoardFacts, StatusBoard
+from phoned.service.switch import Switch, SwitchPlan
+from phoned.service.targets import (
+    ServerTargets,
+    call_sources,
+    server_targets,
+    sip_target,
+    with_answers,
+)
+from phoned.service.watchdog import Heartbeats
+from phoned.sip.stack import PjsuaStack, SipEvent, SipIdentity
+
+log = logging.getLogger("phoned")
+
+#: Keep-alive off (SPEC §1): registration is the only failure detector, so a REGISTER
+#: must fail fast (pjsip's own timeout is 32 s) and refresh often enough to notice a dead
+#: server: failover within about register refresh + 4 s.
+REGISTRATION_DRIVEN_TIMEOUT_S = 4.0
+REGISTRATION_DRIVEN_MAX_EXPIRES_S = 60
+#: Settings tables that `apply` hands on live; the others need a restart (issue 11 adds
+#: them, and the re-exec for what can never change live).
+LIVE_TABLES = frozenset({"redundancy", "server", "blf", "apps"})
+#: The worker threads whose heartbeats feed the watchdog.
+WORKERS = ("keepalive", "control")
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What the supervisor hands the wiring: where each part reports."""
+
+    on_sip_event: Callable[[SipEvent], None]  #: on the pjsua2 (main) thread
+    on_action: Callable[[Action], None]  #: from the keep-alive thread: queue it
+    observe: Callable[[Event | SendProbe, float], None]  #: probes, for the log
+    on_key: Callable[[int], None]  #: a line key, from gpiozero's thread
+    on_control: Callable[[dict[str, Any]], dict[str, Any]]  #: on the control thread
+
+
+def policy_settings(settings: Settings) -> PolicySettings:
+    """The core's view of the `[redundancy]` settings."""
+    red = settings.redundancy
+    return PolicySettings(
+        interval_s=float(red.sip_keep_alive_interval),
+        keepalive=red.sip_keep_alive_mode,
+        backup_enabled=settings.backup_enabled,
+        failback_cycles=red.failback_cycles,
+    )
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What `Phone.apply` did."""
+
+    changed: list[str]  #: the settings tables that differ, in the file's order
+    moved: bool  #: the server in use is now reached elsewhere: re-register there
+
+
+def changed_tables(old: Settings, new: Settings) -> list[str]:
+    """The settings tables whose values differ, in the file's order."""
+    return [
+        f.name
+        for f in fields(Settings)
+        if f.name != "source" and getattr(old, f.name) != getattr(new, f.name)
+    ]
+
+
+class Phone:
+    """The phone's parts, built from the settings in force (not started: see Supervisor)."""
+
+    def __init__(self, live: LiveSettings, hooks: Hooks, clock: Clock) -> None:
+        settings = live.get()
+        self.live = live
+        self.clock = clock
+        self.targets = server_targets(settings)
+        self._sources = call_sources(self.targets)  # names looked up now, not at a switch
+        self.board = StatusBoard(self.facts)
+        self.board.watch_blf(settings.blf.keys)
+        self.sip = build_sip_stack(settings, hooks.on_sip_event)
+        self.apps = PhoneApps(live)
+        self.board.set_apps(self.apps.point_to(Server.PRIMARY))
+        self.vpn = (
+            WireGuardVpn(settings.vpn, state_dir=settings.service.state_dir)
+            if settings.vpn.enabled
+            else None
+        )
+        self.switch = Switch(self.sip, self.apps, self.vpn)
+        self.heartbeats = Heartbeats(clock, WORKERS)
+        self.monitor = self._build_monitor(settings, hooks)
+        self.control = ControlServer(
+            settings.service.control_socket,
+            hooks.on_control,
+            on_beat=lambda: self.heartbeats.beat("control"),
+        )
+        self.device = DeviceOutput(
+            settings.board.profile, state_dir=settings.service.state_dir, on_key=hooks.on_key
+        )
+
+    def _build_monitor(self, settings: Settings, hooks: Hooks) -> KeepaliveMonitor:
+        policy = policy_settings(settings)
+        # SPEC §1: start_0 at random within the first interval, so phones do not align.
+        first_cycle_delay_s = random.uniform(0.0, policy.interval_s)  # noqa: S311 - not secret
+        prober = make_prober(
+            probe_targets(self.targets),
+            transport=settings.server.transport,
+            tls_ca_file=settings.server.tls_ca_file,
+            from_user=settings.account.username,
+            domain=settings.account.domain or settings.server.address,
+            user_agent=settings.sip.user_agent,
+            clock=self.clock,
+        )
+        return KeepaliveMonitor(
+            FailoverPolicy(policy, self.clock.now(), first_cycle_delay_s),
+            prober,
+            self.clock,
+            on_action=hooks.on_action,
+            observe=hooks.observe,
+            on_beat=lambda: self.heartbeats.beat("keepalive"),
+        )
+
+    def facts(self) -> BoardFacts:
+        """What the status shows of the settings in force (read at each snapshot)."""
+        settings = self.live.get()
+        return BoardFacts(
+            settings.account.username,
+            {role: (t.probe.host, t.probe.port) for role, t in self.targets.items()},
+            keepalive=settings.redundancy.sip_keep_alive_mode,
+            interval_s=float(settings.redundancy.sip_keep_alive_interval),
+        )
+
+    def plan(self, action: UseServer, answered: Mapping[Server, tuple[str, int]]) -> SwitchPlan:
+        """The switch `action` asks for: where the server answered, and who may call."""
+        sip = sip_target(self.targets[action.server], action.address)
+        return SwitchPlan(action.server, sip, with_answers(self._sources, answered))
+
+    def apply(self, new: Settings) -> Applied:
+        """Put `new` in force on the running phone (on the main thread: it drives pjsua2).
+
+        Redundancy timing and server addresses reach the core and the prober from the next
+        cycle (SPEC §7); BLF keys and app URLs apply at once; the other tables (and the
+        transport, which picks the prober) are logged as applied at the next restart. When
+        the server in use moved, `Applied.moved` says so: the caller re-registers there.
+        """
+        old = self.live.swap(new)
+        changed = changed_tables(old, new)
+        later = [table for table in changed if table not in LIVE_TABLES]
+        if (old.server.transport, old.server.tls_ca_file) != (
+            new.server.transport,
+            new.server.tls_ca_file,
+        ):
+            later.append("server.transport")
+        moved = False
+        if {"server", "redundancy"} & set(changed):
+            moved = self._retarget(new)
+        if "blf" in changed:
+            self.board.watch_blf(new.blf.keys)
+            self.sip.watch_blf(new.blf.keys)
+        if "apps" in changed:
+            self.board.set_apps(self.apps.point_to(self.board.active))
+        if later:
+            log.warning("config: %s changed: applied at the next restart", ", ".join(later))
+        return Applied(changed, moved)
+
+    def _retarget(self, new: Settings) -> bool:
+        """New targets for the prober and the core; whether the server in use moved."""
+        active = self.board.active
+        previous = self.targets.get(active)
+        self.targets = server_targets(new)
+        self._sources = call_sources(self.targets)
+        self.monitor.reconfigure(policy_settings(new), probe_targets(self.targets))
+        return active in self.targets and self.targets[active] != previous
+
+
+def probe_targets(targets: Mapping[Server, ServerTargets]) -> dict[Server, ProbeTarget]:
+    """Each server's probe target, as the prober wants them."""
+    return {role: t.probe for role, t in targets.items()}
+
+
+def build_sip_stack(settings: Settings, on_event: Callable[[SipEvent], None]) -> PjsuaStack:
+    """The pjsua2 adapter for these settings (not started)."""
+    registration_driven = not settings.redundancy.sip_keep_alive_mode
+    expires = settings.sip.register_expires
+    if registration_driven:
+        expires = min(expires, REGISTRATION_DRIVEN_MAX_EXPIRES_S)
+    account = settings.account
+    return PjsuaStack(
+        SipIdentity(
+            username=account.username,
+            password=account.password,
+            auth_username=account.auth_username or account.username,
+            display_name=account.display_name,
+            domain=account.domain or None,
+        ),
+        local_port=settings.sip.local_port,
+        user_agent=settings.sip.user_agent,
+        register_expires=expires,
+        on_event=on_event,
+        auto_answer=settings.sip.auto_answer,
+        tls_ca_file=settings.server.tls_ca_file,
+        register_timeout_s=REGISTRATION_DRIVEN_TIMEOUT_S if registration_driven else None,
+        blf_keys=settings.blf.keys,
+    )
