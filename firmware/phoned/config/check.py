@@ -3,7 +3,10 @@
 Owns: a small, pure scanner that maps each table header (`[a.b]`, `[[a]]`) and `key =`
 line of a TOML text to its line number (tomllib does not say), and `Checker`, which takes
 values out of parsed tables through the rules of `phoned.config.rules` and collects every
-problem as "<file>:<line>: <message>". Must not touch: files, settings classes, logging.
+problem as "<file>:<line>: <message>". When settings are laid together from two texts (SPEC §7:
+the local file and the provisioned one), `Overlay` says which paths the second text gave, so
+each problem names the text, and the line, where its value was written.
+Must not touch: files, settings classes, logging.
 
 The scanner trusts that the text already parsed with tomllib and is best effort beyond
 that: a key inside an inline table maps to the line of the key holding the table, list
@@ -16,6 +19,7 @@ import difflib
 import re
 import tomllib
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from phoned.config.rules import Invalid, show
@@ -26,6 +30,8 @@ Table = dict[str, Any]
 
 #: A table or key as the tuple of its dotted parts: ("redundancy", "failback_cycles").
 KeyPath = tuple[str, ...]
+#: Where a value was written: (source, 1-based line).
+Place = tuple[str, int]
 
 _PART = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*"|'[^']*')"""
 _DOTTED = rf"{_PART}(?:\s*\.\s*{_PART})*"
@@ -80,6 +86,56 @@ def scan_lines(text: str) -> dict[KeyPath, int]:
     return lines
 
 
+def line_in(lines: dict[KeyPath, int], path: KeyPath) -> int:
+    """Line of `path` in `lines`, else of its nearest table or key above it, else 1."""
+    for end in range(len(path), 0, -1):
+        if path[:end] in lines:
+            return lines[path[:end]]
+    return 1
+
+
+_SYNTAX_AT = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)$")
+
+
+def syntax_error(text: str, source: str, exc: tomllib.TOMLDecodeError) -> str:
+    """tomllib's "Invalid value (at line 3, column 7)" as "<file>:3: invalid TOML: ...".
+
+    Args:
+        text: The text that failed to parse.
+        source: Its name in the message.
+        exc: tomllib's error.
+
+    Returns:
+        The message, naming `source` and the line.
+    """
+    reason = str(exc)
+    match = _SYNTAX_AT.search(reason)
+    if match is None:
+        return f"{source}:1: invalid TOML: {reason}"
+    if match.group(1) is None:
+        line, where = text.rstrip("\n").count("\n") + 1, "at end of document"
+    else:
+        line, where = int(match.group(1)), f"column {match.group(2)}"
+    return f"{source}:{line}: invalid TOML: {reason[: match.start()]} ({where})"
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """The second text of a layered settings (SPEC §7): which values came from it."""
+
+    #: Its name in messages (e.g. the URL it was fetched from).
+    source: str
+    #: Its tables and keys to line numbers (`scan_lines` of its text).
+    lines: dict[KeyPath, int]
+    #: Paths whose whole value this text gave (a scalar, an array, or a table the first
+    #: text lacks); everything at or below them was written here.
+    paths: frozenset[KeyPath]
+
+    def gave(self, path: KeyPath) -> bool:
+        """True when the value at `path` was written in this text."""
+        return any(path[:end] in self.paths for end in range(len(path), 0, -1))
+
+
 # -------------------------------------------------------------------------- checker
 
 
@@ -90,28 +146,74 @@ def did_you_mean(word: str, choices: Iterable[str], fmt: str = "{}") -> str:
 
 
 class Checker:
-    """Collects every problem with its line while values are taken out of the data."""
+    """Collects every problem with its line while values are taken out of the data.
 
-    def __init__(self, source: str, lines: dict[KeyPath, int]) -> None:
+    Args:
+        source: Name of the text in messages.
+        lines: `scan_lines` of that text.
+        overlay: When the data was laid together from two texts, the second one; a problem
+            about a value it gave names it, every other problem names `source`.
+    """
+
+    def __init__(
+        self, source: str, lines: dict[KeyPath, int], overlay: Overlay | None = None
+    ) -> None:
         self.source = source
         self.lines = lines
-        #: (line, message) of each problem found so far.
+        self.overlay = overlay
+        #: (line, message) of each problem found so far, in the order found.
         self.found: list[tuple[int, str]] = []
         #: Key paths that already have a problem (to avoid a second, derived one).
         self.failed: set[KeyPath] = set()
+        self._in_overlay: list[bool] = []
 
     def line_of(self, path: KeyPath) -> int:
-        """Line of the key, else of its nearest table or key above it, else 1."""
-        for end in range(len(path), 0, -1):
-            if path[:end] in self.lines:
-                return self.lines[path[:end]]
-        return 1
+        """Line of the key in `source`, else of its nearest table or key above it, else 1."""
+        return line_in(self.lines, path)
+
+    def _from_overlay(self, path: KeyPath) -> bool:
+        return self.overlay is not None and self.overlay.gave(path)
+
+    def place_of(self, path: KeyPath) -> Place:
+        """(source, line) of the text and line where the value at `path` was written."""
+        if self.overlay is not None and self._from_overlay(path):
+            return self.overlay.source, line_in(self.overlay.lines, path)
+        return self.source, self.line_of(path)
 
     def fail(self, path: KeyPath, text: str) -> None:
-        """Record a problem about `path`."""
-        line = self.line_of(path)
+        """Record a problem about `path`, at the text and line its value was written."""
+        source, line = self.place_of(path)
+        self._record(path, source, line, text, in_overlay=self._from_overlay(path))
+
+    def fail_in_overlay(self, path: KeyPath, text: str) -> None:
+        """Record a problem about `path` as the overlay wrote it (a key it must not set).
+
+        The line is the first that writes `path` or anything below it (`[board.x]` sets
+        `board` too), else that of the nearest table above it.
+
+        Raises:
+            ValueError: this checker has no overlay.
+        """
+        if self.overlay is None:
+            raise ValueError("fail_in_overlay() needs a Checker with an overlay")
+        lines = self.overlay.lines
+        below = (line for key, line in lines.items() if key[: len(path)] == path)
+        line = min(below, default=line_in(lines, path))
+        self._record(path, self.overlay.source, line, text, in_overlay=True)
+
+    def _record(
+        self, path: KeyPath, source: str, line: int, text: str, *, in_overlay: bool
+    ) -> None:
         self.failed.add(path)
-        self.found.append((line, f"{self.source}:{line}: {text}"))
+        self.found.append((line, f"{source}:{line}: {text}"))
+        self._in_overlay.append(in_overlay)
+
+    def messages(self) -> list[str]:
+        """Every problem found: those in `source` by line, then those in the overlay by line."""
+        order = sorted(
+            range(len(self.found)), key=lambda i: (self._in_overlay[i], self.found[i][0])
+        )
+        return [self.found[i][1] for i in order]
 
     def invalid(
         self, path: KeyPath, exc: Invalid, value: object, label: str = "", secret: bool = False

@@ -1,12 +1,14 @@
-"""Settings of phoned (SPEC §3, §6): one TOML file, parsed and validated into frozen data.
+"""Settings of phoned (SPEC §3, §6, §7): one TOML file, parsed and validated into frozen data.
 
 Owns: loading a settings file, which tables and keys exist, which rule each key follows,
 the checks that span keys, and `SettingsError`. Reads the settings file, the
-`password_file` and (when the VPN is enabled) the `private_key_file` it names, nothing else.
+`password_file`s and (when the VPN is enabled) the `private_key_file` it names, nothing else.
 Must not touch: the network, the SIP stack, logging, any process-wide state.
-The dataclasses live in `phoned.config.settings` (re-exported here: import them from here), the
-rules for single values in `phoned.config.rules`, line numbers and the collection of
-problems in `phoned.config.check`.
+The dataclasses live in `phoned.config.settings` (re-exported here: import them from here),
+the rules for single values in `phoned.config.rules`, line numbers and the collection of
+problems in `phoned.config.check`, the `[vpn]` and `[provisioning]` tables in
+`phoned.config.vpn_table` and `phoned.config.provisioning_table`; a provisioned file laid
+over the local one is `phoned.config.overlay`'s.
 
 Rule 1: every problem found is reported at once, not just the first (`SettingsError.errors`),
 sorted by line, each shaped `<file>:<line>: <table>.<key> must be <expected>, got <value>`.
@@ -18,12 +20,12 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 import tomllib
 from dataclasses import fields
 
 from phoned.config import rules as rule
-from phoned.config.check import Checker, KeyPath, Table, did_you_mean, scan_lines
+from phoned.config.check import Checker, KeyPath, Table, did_you_mean, scan_lines, syntax_error
+from phoned.config.provisioning_table import PROVISIONING_KEYS, provisioning_settings
 from phoned.config.settings import (
     REDACTED,
     AccountSettings,
@@ -39,6 +41,7 @@ from phoned.config.settings import (
     VpnPeer,
     VpnSettings,
 )
+from phoned.config.vpn_table import VPN_KEYS, vpn_settings
 from phoned.errors import ConfigError
 
 __all__ = [
@@ -58,6 +61,8 @@ __all__ = [
     "VpnSettings",
     "load_settings",
     "parse_settings",
+    "read_settings_text",
+    "settings_from",
 ]
 
 
@@ -76,10 +81,31 @@ class SettingsError(ConfigError):
 def load_settings(path: str | os.PathLike[str]) -> Settings:
     """Read and validate the settings file at `path`.
 
+    Args:
+        path: The settings file; its path names it in messages and `Settings.source`.
+
+    Returns:
+        The valid settings.
+
     Raises:
         SettingsError: (a ConfigError) the file is unreadable, not TOML, or breaks rules.
     """
     source = os.fspath(path)
+    return parse_settings(read_settings_text(source), source)
+
+
+def read_settings_text(source: str) -> str:
+    """The text of the settings file at path `source`.
+
+    Args:
+        source: Path of the file, also its name in messages.
+
+    Returns:
+        The file's text.
+
+    Raises:
+        SettingsError: (a ConfigError) the file cannot be read or is not UTF-8 text.
+    """
     try:
         with open(source, "rb") as file:
             raw = file.read()
@@ -90,11 +116,18 @@ def load_settings(path: str | os.PathLike[str]) -> Settings:
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise SettingsError([f"{source}:{line}: invalid TOML: not UTF-8 text"]) from exc
-    return parse_settings(text, source)
+    return text
 
 
 def parse_settings(text: str, source: str) -> Settings:
-    """Parse and validate settings text; `source` names it in messages.
+    """Parse and validate settings text.
+
+    Args:
+        text: The TOML text.
+        source: Its name in messages and `Settings.source`.
+
+    Returns:
+        The valid settings.
 
     Raises:
         SettingsError: (a ConfigError) listing every problem found.
@@ -102,8 +135,25 @@ def parse_settings(text: str, source: str) -> Settings:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise SettingsError([_syntax_error(text, source, exc)]) from exc
-    check = Checker(source, scan_lines(text))
+        raise SettingsError([syntax_error(text, source, exc)]) from exc
+    return settings_from(Checker(source, scan_lines(text)), data, source)
+
+
+def settings_from(check: Checker, data: Table, source: str) -> Settings:
+    """Validate parsed settings as a whole, every problem recorded in `check`.
+
+    Args:
+        check: Where problems go; it knows the line (and text) each value came from.
+        data: The parsed TOML tables.
+        source: `Settings.source` of the result.
+
+    Returns:
+        The valid settings.
+
+    Raises:
+        SettingsError: (a ConfigError) listing every problem `check` holds, those found
+            before the call included.
+    """
     _top_level(check, data)
     server = _server(check, data)
     redundancy = _redundancy(check, data)
@@ -114,35 +164,15 @@ def parse_settings(text: str, source: str) -> Settings:
         sip=_sip(check, data),
         blf=BlfSettings(_blf_keys(check, data)),
         apps=_apps(check, data),
-        vpn=_vpn(check, data),
-        provisioning=_provisioning(check, data),
+        vpn=vpn_settings(check, data),
+        provisioning=provisioning_settings(check, data),
         board=_board(check, data),
         service=_service(check, data),
         source=source,
     )
     if check.found:
-        raise SettingsError([message for _, message in sorted(check.found, key=_line)])
+        raise SettingsError(check.messages())
     return settings
-
-
-def _line(found: tuple[int, str]) -> int:
-    return found[0]
-
-
-_SYNTAX_AT = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)$")
-
-
-def _syntax_error(text: str, source: str, exc: tomllib.TOMLDecodeError) -> str:
-    """tomllib's "Invalid value (at line 3, column 7)" as "<file>:3: invalid TOML: ..."."""
-    reason = str(exc)
-    match = _SYNTAX_AT.search(reason)
-    if match is None:
-        return f"{source}:1: invalid TOML: {reason}"
-    if match.group(1) is None:
-        line, where = text.rstrip("\n").count("\n") + 1, "at end of document"
-    else:
-        line, where = int(match.group(1)), f"column {match.group(2)}"
-    return f"{source}:{line}: invalid TOML: {reason[: match.start()]} ({where})"
 
 
 # ----------------------------------------------------------------------- checking
@@ -160,8 +190,8 @@ _TABLES: dict[str, frozenset[str] | None] = {
     "sip": _keys(SipSettings),
     "blf": _keys(BlfSettings),
     "apps": None,
-    "vpn": _keys(VpnSettings),
-    "provisioning": _keys(ProvisioningSettings),
+    "vpn": VPN_KEYS,
+    "provisioning": PROVISIONING_KEYS,
     "board": _keys(BoardSettings),
     "service": _keys(ServiceSettings),
 }
@@ -316,60 +346,6 @@ def _apps(check: Checker, data: Table) -> tuple[AppLink, ...]:
         if primary:
             apps.append(AppLink(name=name, url=primary, backup_url=backup))
     return tuple(apps)
-
-
-def _vpn(check: Checker, data: Table) -> VpnSettings:
-    path = ("vpn",)
-    table = check.table(data, path, _TABLES["vpn"])
-    if not check.take(table, path, "enabled", rule.boolean, False):
-        # SPEC §6 values are checked only when used: a half-filled [vpn] may wait disabled,
-        # but a misspelt key is still refused.
-        for side in ("primary", "backup"):
-            check.table(table, (*path, side), _TABLES_PEER)
-        return VpnSettings()
-    for key in ("private_key_file", "address", "primary"):
-        check.require(table, path, key)
-    return VpnSettings(
-        enabled=True,
-        interface=check.take(table, path, "interface", rule.ifname, "wg-phoned"),
-        private_key_file=check.take(table, path, "private_key_file", rule.private_key_file, ""),
-        address=check.take(table, path, "address", rule.interface_address, ""),
-        routes=check.take_list(table, path, "routes", rule.network, "networks (CIDR)"),
-        primary=_peer(check, table, (*path, "primary")),
-        backup=_peer(check, table, (*path, "backup")),
-    )
-
-
-def _peer(check: Checker, vpn: Table, path: KeyPath) -> VpnPeer | None:
-    if path[-1] not in vpn:
-        return None
-    table = check.table(vpn, path, _TABLES_PEER)
-    if not isinstance(vpn[path[-1]], dict):
-        return None
-    for key in ("endpoint", "public_key", "allowed_ips"):
-        check.require(table, path, key)
-    allowed_ips = check.take_list(table, path, "allowed_ips", rule.network, "networks (CIDR)")
-    if "allowed_ips" in table and not allowed_ips and (*path, "allowed_ips") not in check.failed:
-        check.fail((*path, "allowed_ips"), f"{'.'.join(path)}.allowed_ips must not be empty")
-    return VpnPeer(
-        endpoint=check.take(table, path, "endpoint", rule.endpoint, ""),
-        public_key=check.take(table, path, "public_key", rule.wireguard_key, ""),
-        allowed_ips=allowed_ips,
-    )
-
-
-_TABLES_PEER = _keys(VpnPeer)
-
-
-def _provisioning(check: Checker, data: Table) -> ProvisioningSettings:
-    path = ("provisioning",)
-    table = check.table(data, path, _TABLES["provisioning"])
-    return ProvisioningSettings(
-        url=check.take(table, path, "url", rule.optional(rule.url), ""),
-        resync_interval=check.take(
-            table, path, "resync_interval", rule.integer(0, 604800, " seconds"), 0
-        ),
-    )
 
 
 def _board(check: Checker, data: Table) -> BoardSettings:

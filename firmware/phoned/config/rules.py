@@ -88,6 +88,23 @@ def integer(low: int, high: int, note: str = "") -> Callable[[object], int]:
     return convert
 
 
+def zero_or(low: int, high: int, note: str = "") -> Callable[[object], int]:
+    """0 (off), or a TOML integer in low..high; `note` follows the range in messages.
+
+    A value outside 0..high gets the message of `integer(0, high)`; one in the gap between
+    0 and `low` is told "0 or low..high".
+    """
+    within = integer(0, high, note)
+
+    def convert(value: object) -> int:
+        number = within(value)
+        if 0 < number < low:
+            raise Invalid(f"0 or {low}..{high}{note}")
+        return number
+
+    return convert
+
+
 def choice(*options: str) -> Callable[[object], str]:
     """One of `options`, spelt exactly."""
 
@@ -145,6 +162,13 @@ def sip_user(value: object) -> str:
     """A SIP user part: no spaces, "@", ":", ";", "<", ">" or quotes."""
     if not _SIP_USER.fullmatch(string(value)):
         raise Invalid('a SIP user name (no spaces, "@" or ":")')
+    return str(value)
+
+
+def http_user(value: object) -> str:
+    """An HTTP auth user name: no ":" (RFC 7617 basic auth splits on it), no controls."""
+    if ":" in string(value):
+        raise Invalid('a user name without ":"')
     return str(value)
 
 

@@ -1,9 +1,10 @@
-"""The settings of phoned as frozen data (SPEC §3, §6): one dataclass per TOML table.
+"""The settings of phoned as frozen data (SPEC §3, §6, §7): one dataclass per TOML table.
 
 Owns: the shape, defaults and meaning of every setting. Must not touch: files, parsing or
 validation (that is `phoned.config.loader`, which re-exports everything here; import from there).
 Every instance handed out by `phoned.config.loader` has passed its checks, so users need not
-re-check values. Rule: the password never shows in a `repr` or in `redacted()`.
+re-check values. Rule: a password (SIP or provisioning) never shows in a `repr` or in
+`redacted()`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from phoned import __version__
 
-#: Stand-in for the password in `Settings.redacted()`.
+#: Stand-in for a password in `Settings.redacted()` (and in `phoned.config.changes`).
 REDACTED = "***"
 
 
@@ -145,12 +146,26 @@ class VpnSettings:
 
 @dataclass(frozen=True, slots=True)
 class ProvisioningSettings:
-    """`[provisioning]` (SPEC §7)."""
+    """`[provisioning]` (SPEC §7): where the phone fetches its file, and how often."""
 
     #: Base http(s) URL where `<mac>.toml` waits; "" for the local file only.
     url: str = ""
-    #: Seconds between checks for a new file, 0..604800; 0 checks at boot only.
+    #: Seconds between checks for a new file, 0 or 60..604800; 0 = at boot and on
+    #: check-sync only.
     resync_interval: int = 0
+    #: Absolute path of the CA bundle an https `url` must chain to; "" = the system's.
+    tls_ca_file: str = ""
+    #: HTTP auth (basic or digest) user name for the provisioning server; "" for none.
+    username: str = ""
+    #: Absolute path of a file (mode 0600) holding the HTTP auth password; "" for none.
+    #: Given together with `username`, or not at all.
+    password_file: str = ""
+    #: The HTTP auth password read from `password_file` ("" when none). Never printed.
+    password: str = field(default="", repr=False)
+    #: Interface whose MAC names the file (`<mac>.toml`); "" = the first non-loopback one.
+    mac_interface: str = ""
+    #: Whether a SIP NOTIFY `Event: check-sync` from the servers fetches and applies the file.
+    check_sync: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,9 +220,14 @@ class Settings:
         return red.backup_destination and bool(red.backup_destination_address)
 
     def redacted(self) -> dict[str, Any]:
-        """These settings as a JSON-able dict, the password replaced by "***"."""
+        """These settings as a JSON-able dict, the passwords replaced by "***".
+
+        Returns:
+            One dict per table (lists for `apps` and arrays), `source` as a string.
+        """
         plain: dict[str, Any] = {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
         plain["account"]["password"] = REDACTED
+        plain["provisioning"]["password"] = REDACTED
         return plain
 
 
