@@ -4,7 +4,8 @@ Owns: `endpoint` (the library, transports, timers), `account` (one account per P
 `registration` (getting REGISTERs out, retrying refused ones), `leaving` (accounts on
 their way out), `calls`, `subscriptions` (BLF, RFC 4235) with
 `dialog_info` (the pure dialog-info parser), `pjsip_hooks` (a ctypes pjsip module),
-`features` (calls and lamps) and `stack` (`PjsuaStack`, the adapter behind the
+`checksync` (the pure check-sync decision, SPEC §7), `features` (calls, lamps and
+check-sync answers) and `stack` (`PjsuaStack`, the adapter behind the
 `SipStack` port).
 Must not touch: probing, routes, the VPN, the display; and pjsua2 from any thread but the
 one that created it (STACK-NOTES: a foreign thread aborts the process).

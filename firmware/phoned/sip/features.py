@@ -1,16 +1,22 @@
-"""The phone's user-facing SIP features on top of the stack: calls and BLF lamps (SPEC §4).
+"""The phone's user-facing SIP features on top of the stack: calls, BLF lamps (SPEC §4)
+and check-sync (SPEC §7 Force Update).
 
 Owns: the public methods `phoned call` / `phoned hangup` / `phoned status` reach
 (`call`, `hangup`, `answer`, `calls`, `blf_states`), the list of addresses incoming
-calls are accepted from, and where the BLF subscriptions live (`watch_blf` for new keys,
-subscribe on a server, end them). `PjsuaStack` (`stack`) inherits them; they run on its
-owner thread like every other method and use its state, declared below.
-Must not touch: accounts, registration, the library: `stack` owns those.
+calls and check-syncs are accepted from, where the BLF subscriptions live (`watch_blf`
+for new keys, subscribe on a server, end them), and the request hook's routing: BLF
+NOTIFYs to the subscriptions, check-sync NOTIFYs to `checksync` (answered here,
+reported as `CheckSyncReceived`, refusals counted in `checksync_refused`).
+`PjsuaStack` (`stack`) inherits them; they run on its owner thread like every other
+method and use its state, declared below.
+Must not touch: accounts, registration, the library: `stack` owns those; what a
+check-sync fetches or restarts: the service decides.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
 
 from phoned.core.events import Server
@@ -24,6 +30,7 @@ from phoned.sip.account import (
     call_uri,
 )
 from phoned.sip.calls import CallBook, CallChanged, CallInfo
+from phoned.sip.checksync import CheckSyncInbox, CheckSyncReceived
 from phoned.sip.dialog_info import BlfState
 from phoned.sip.pjsip_hooks import IncomingRequest, IncomingRequestHook
 from phoned.sip.subscriptions import BlfSubscriptions
@@ -31,7 +38,7 @@ from phoned.sip.subscriptions import BlfSubscriptions
 log = logging.getLogger("phoned.sip")
 
 #: Everything the stack reports through `on_event`.
-SipEvent = RegistrationChanged | CallChanged | BlfChanged
+SipEvent = RegistrationChanged | CallChanged | BlfChanged | CheckSyncReceived
 
 
 class PhoneFeatures:
@@ -45,6 +52,7 @@ class PhoneFeatures:
     _blf_keys: tuple[str, ...]
     _blf_server: Server | None  #: where the subscriptions live now
     _hook: IncomingRequestHook | None
+    _checksync: CheckSyncInbox
     _gate: TxGate | None
     _release_when_registered: Server | None
     _events: list[SipEvent]
@@ -123,13 +131,20 @@ class PhoneFeatures:
             return dict.fromkeys(self._blf_keys, BlfState.UNKNOWN)
         return self._blf.states()
 
-    def accept_calls_from(self, peers: Mapping[Server, Iterable[str]]) -> None:
-        """Set the IP addresses (servers and their proxies) incoming calls may come from.
+    @property
+    def checksync_refused(self) -> int:
+        """check-sync NOTIFYs answered 403 so far: not from a configured server or proxy
+        (SPEC §7; retransmissions not counted). A plain int: readable from any thread."""
+        return self._checksync.refused
 
-        SPEC §2: calls from either configured server are accepted, others get 403.
-        Replaces the previous set; IP literals of targets given to `use_server()` are
-        added automatically, so this is needed for the server not in use yet and for
-        names resolved by the caller.
+    def accept_calls_from(self, peers: Mapping[Server, Iterable[str]]) -> None:
+        """Set the IP addresses (servers and their proxies) incoming calls and check-sync
+        NOTIFYs may come from.
+
+        SPEC §2: calls from either configured server are accepted, others get 403; SPEC
+        §7: the same for check-sync. Replaces the previous set; IP literals of targets
+        given to `use_server()` are added automatically, so this is needed for the server
+        not in use yet and for names resolved by the caller.
         """
         self._check_thread()
         self._peers_given = {server: tuple(hosts) for server, hosts in peers.items()}
@@ -143,11 +158,17 @@ class PhoneFeatures:
             if target.proxy is not None:
                 merged[server].append(target.proxy[0])
         self._calls.accept_from(merged)
+        self._checksync.allow_from(host for hosts in merged.values() for host in hosts)
 
     # -- BLF subscriptions on the server in use (SPEC §2 step 2, §7 keys) ---------------
-    def _start_blf(self) -> None:
-        mute = self._gate.muted if self._gate is not None else None
-        self._blf = BlfSubscriptions(self._blf_keys, self._on_blf_change, mute=mute)
+    def _start_requests(self) -> None:
+        """At `start()`: the BLF keys' subscriptions (none without keys) and, always, the
+        request hook (SPEC §7: check-sync is answered with or without BLF keys).
+
+        Raises:
+            SipError: the hook cannot be installed (the library is destroyed first).
+        """
+        self._blf = self._new_blf()
         self._hook = IncomingRequestHook(self._on_request)
         try:
             self._hook.install()
@@ -156,13 +177,19 @@ class PhoneFeatures:
             self._destroy_library()
             raise
 
+    def _new_blf(self) -> BlfSubscriptions | None:
+        if not self._blf_keys:
+            return None
+        mute = self._gate.muted if self._gate is not None else None
+        return BlfSubscriptions(self._blf_keys, self._on_blf_change, mute=mute)
+
     def watch_blf(self, keys: Sequence[str]) -> None:
         """New `[blf] keys` (settings changed): the subscriptions are ended (un-SUBSCRIBE)
         and fresh ones made for `keys` where they lived (STACK-NOTES: fresh buddies, never
         a re-subscribe). Same keys: nothing happens.
 
         Raises:
-            SipError: wrong thread, not started, or the request hook cannot be installed.
+            SipError: wrong thread, or not started.
         """
         self._check_thread()
         keys = tuple(keys)
@@ -173,13 +200,7 @@ class PhoneFeatures:
             where = self._active
         self._end_blf(None, send=True)
         self._blf_keys = keys
-        if not keys:
-            self._blf = None  # the hook stays: it reads nothing without subscriptions
-        elif self._hook is None:
-            self._start_blf()
-        else:
-            mute = self._gate.muted if self._gate is not None else None
-            self._blf = BlfSubscriptions(keys, self._on_blf_change, mute=mute)
+        self._blf = self._new_blf()  # the hook stays (installed at start): check-sync
         if where is not None:
             self._subscribe_blf(where)
         self._settle()
@@ -205,11 +226,23 @@ class PhoneFeatures:
             self._blf_server = None
 
     def _on_request(self, request: IncomingRequest) -> int | None:
-        """From the request hook, inside libHandleEvents: BLF NOTIFYs are read, never
-        answered here (pjsua answers them, which keeps the subscriptions alive)."""
-        if self._blf is not None:
-            self._blf.on_request(request)
-        return None
+        """From the request hook, inside libHandleEvents (stack Rule 3: record only).
+
+        BLF NOTIFYs are read, never answered here (pjsua answers them, which keeps the
+        subscriptions alive). check-sync NOTIFYs are answered here (200 or 403, SPEC §7);
+        a first 200 is queued as `CheckSyncReceived` for `on_event`. Anything else: None,
+        pjsua's as before.
+        """
+        if self._blf is not None and self._blf.on_request(request):
+            return None
+        answer = self._checksync.handle(request, time.monotonic())
+        if answer is None:
+            return None
+        if answer.warning is not None:
+            log.warning("%s", answer.warning)
+        if answer.report is not None:
+            self._events.append(answer.report)
+        return answer.status
 
     def _on_blf_change(self, ext: str, state: BlfState) -> None:
         self._events.append(BlfChanged(ext, state))

@@ -15,9 +15,10 @@ is presumed dead, and pjsip would retransmit the un-REGISTER to it for 32 s.
 Rule 2 (SPEC §2 failback): `use_server(PRIMARY)` keeps the backup account until the
 primary answers 2xx; only then is the backup un-REGISTERed, so that it holds no stale
 contact. While the primary fails, the backup stays registered.
-Rule 3: registration and call changes are recorded inside pjsua2 callbacks and handed to
-`on_event` by `poll()`, `use_server()`, `call()`... and `shutdown()` once pjsua2 has
-returned, on the owner thread: `on_event` may call back into the stack.
+Rule 3: registration, call, lamp and check-sync events are recorded inside pjsua2
+callbacks (and the request hook) and handed to `on_event` by `poll()`, `use_server()`,
+`call()`... and `shutdown()` once pjsua2 has returned, on the owner thread: `on_event`
+may call back into the stack.
 Rule 4 (SPEC §1/§2): neither failover nor failback ends a call. An account that leaves
 while calls set up through it are up is kept (registration off) until they end.
 Rule 5 (STACK-NOTES, BLF): on failover the dead server's subscriptions are dropped
@@ -56,6 +57,7 @@ from phoned.sip.account import (
     rejected,
 )
 from phoned.sip.calls import CallBook, CallChanged, CallDirection, CallInfo, CallState
+from phoned.sip.checksync import CheckSyncInbox, CheckSyncReceived
 from phoned.sip.dialog_info import BlfState
 from phoned.sip.endpoint import SipEndpoint
 from phoned.sip.features import PhoneFeatures, SipEvent
@@ -71,6 +73,7 @@ __all__ = [
     "CallDirection",
     "CallInfo",
     "CallState",
+    "CheckSyncReceived",
     "PjsuaStack",
     "RegState",
     "RegistrationChanged",
@@ -86,8 +89,8 @@ log = logging.getLogger("phoned.sip")
 class PjsuaStack(PhoneFeatures):
     """pjsua2 with one account per server; every method on the `start()` thread.
 
-    Calls and BLF lamps (`call`, `hangup`, `answer`, `calls`, `blf_states`,
-    `accept_calls_from`) come from `PhoneFeatures` (`features`).
+    Calls, BLF lamps and check-sync (`call`, `hangup`, `answer`, `calls`, `blf_states`,
+    `accept_calls_from`, `checksync_refused`) come from `PhoneFeatures` (`features`).
 
     pjsua2 is one library per process, and a second `pj.Endpoint()` aborts the process
     (measured: C++ `terminate`): only one stack may be started at a time.
@@ -116,7 +119,8 @@ class PjsuaStack(PhoneFeatures):
         local_port: UDP and TCP port of the SIP transports (TLS: `local_port + 1`).
         user_agent: User-Agent header of every request.
         register_expires: Expires asked for in REGISTER, seconds.
-        on_event: receives every registration and call change, on the owner thread.
+        on_event: receives every registration, call, lamp change and accepted
+            check-sync (`SipEvent`), on the owner thread.
         log_level: pjsip log level (<= 3 keeps headers out; 5 adds message dumps).
         retry: when pjsua retries a failed REGISTER (default `RetryPolicy()`).
         auto_answer: answer incoming calls from the servers at once (else they ring).
@@ -147,6 +151,7 @@ class PjsuaStack(PhoneFeatures):
         self._blf: BlfSubscriptions | None = None
         self._blf_server: Server | None = None  # where the subscriptions live now
         self._hook: IncomingRequestHook | None = None
+        self._checksync = CheckSyncInbox()
         self._release_when_registered: Server | None = None
         self._registrar = Registrar(
             identity, register_expires=register_expires, retry=retry or RetryPolicy(),
@@ -186,8 +191,7 @@ class PjsuaStack(PhoneFeatures):
         except OSError as exc:  # degrade: failover then un-REGISTERs the dead primary
             log.warning("sip: tx gate unavailable (%s) -> dropped accounts un-REGISTER", exc)
         self._leavers.gate = self._gate
-        if self._blf_keys:
-            self._start_blf()
+        self._start_requests()  # the request hook: BLF lamps and check-sync (SPEC §7)
         took_ms = (time.monotonic() - started) * 1000.0
         log.info("sip: pjsua2 up on port %d in %.1f ms -> ready", port, took_ms)
 
