@@ -3,8 +3,10 @@
 Owns: starting one Kamailio in the foreground in its own process group (optionally inside
 a network namespace) with a config from `phonelab.kamailio_cfg`, waiting until *it*
 answers, freezing/thawing/stopping it by PID, reading what it saw (requests from its log,
-contacts from its location table through the `ctl` unix socket and `kamcmd`), and
-publishing BLF states for an extension (a trusted PUBLISH from inside its namespace).
+contacts from its location table through the `ctl` unix socket and `kamcmd`), publishing
+BLF states for an extension (a trusted PUBLISH from inside its namespace), and making it
+originate a PBX's "Force Update" (a check-sync NOTIFY to a registered contact, through
+tm's `tm.t_uac_wait_block` RPC, see `phonelab.kamctl`).
 Must not touch: any other Kamailio. A second Kamailio on the same ip:port starts silently
 and both answer (STACK-NOTES), so `start()` refuses a port that is already taken and only
 counts as ready once its own log shows its own readiness OPTIONS.
@@ -19,7 +21,6 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
 import tempfile
 import time
 import uuid
@@ -29,6 +30,7 @@ from pathlib import Path
 from phonelab.errors import LabError
 from phonelab.kamailio_cfg import (
     BASE_MODULES,
+    CHECK_SYNC_CALL_ID,
     TLS_PORT,
     ConfigExtensions,
     PbxFeatures,
@@ -36,13 +38,20 @@ from phonelab.kamailio_cfg import (
     render_tls_cfg,
     write_db,
 )
+from phonelab.kamctl import UlContact, kamcmd, parse_contacts, parse_uac_reply
 from phonelab.netns import netns_socket, port_in_use, signal_group
 from phonelab.procs import LabProcess
-from phonelab.sipreq import dialog_info_xml, publish_request, response_status, split_message
+from phonelab.sipreq import (
+    check_sync_headers,
+    dialog_info_xml,
+    publish_request,
+    response_status,
+    split_message,
+)
 from phonelab.tls import TlsFiles
 
 __all__ = [
-    "BASE_MODULES", "TLS_PORT", "ConfigExtensions", "KamailioPbx", "PbxFeatures",
+    "BASE_MODULES", "TLS_PORT", "ConfigExtensions", "KamailioPbx", "PbxFeatures", "UlContact",
     "free_udp_port", "options_request", "options_round_trip", "render_config",
 ]  # fmt: skip
 
@@ -50,7 +59,8 @@ _READY_PREFIX = "lab-ready-"
 _SHUTDOWN_MARKERS = ("Thank you for flying", "terminating due to", "signal 15 received")
 _CTL_READY = "io_listen_loop"  # logged by the ctl process, the last child to start
 _REQ_LINE = re.compile(r"REQ (\S+ from \S+ \S+)\s*$")
-_CONTACT_LINE = re.compile(r"^\s*Address:\s*(\S+)\s*$", re.MULTILINE)
+#: kamcmd's deadline beyond a check-sync's own: t_uac_wait_block polls every 100 ms.
+_UAC_MARGIN_S = 2.0
 
 
 def options_request(host: str, port: int, local: tuple[str, int], call_id: str) -> bytes:
@@ -257,18 +267,56 @@ class KamailioPbx(LabProcess):
         Raises:
             LabError: not running, or kamcmd failed (a frozen Kamailio times out).
         """
+        return [contact.address for contact in self.contacts(timeout_s=timeout_s)]
+
+    def contacts(self, ext: str | None = None, *, timeout_s: float = 2.0) -> list[UlContact]:
+        """The location table's contacts (of extension `ext` only, when given).
+
+        Raises:
+            LabError: not running, or kamcmd failed (a frozen Kamailio times out).
+        """
+        found = parse_contacts(self._ctl("ul.dump", timeout_s=timeout_s))
+        return [c for c in found if ext is None or c.aor == ext]
+
+    def send_check_sync(self, ext: str, *, reboot: bool = False, timeout_s: float = 2.0) -> int:
+        """Make Kamailio send `ext` a check-sync NOTIFY, like a PBX's Force Update (SPEC §7).
+
+        What FreePBX's `pjsip send notify` does: Kamailio's tm originates an out-of-dialog
+        NOTIFY (`Event: check-sync`, or `check-sync;reboot=true`; From this PBX, To
+        `sip:<ext>@<host>`, `Subscription-State: terminated`, no body) from this PBX's
+        socket to the contact `ext` registered (the most recently saved one; a NAT-fixed
+        contact at its received address), retransmitting over UDP until answered.
+
+        Args:
+            ext: the extension (AOR) to notify; it must be registered here.
+            reboot: ask the phone to restart instead of only re-fetching.
+            timeout_s: how long the phone has to answer; then tm gives up with 408.
+
+        Returns:
+            The final response code: the phone's (200, 403, ...), or tm's 408.
+
+        Raises:
+            LabError: not running, `ext` not registered, or kamcmd failed.
+        """
+        known = sorted(self.contacts(ext), key=lambda c: c.last_modified)
+        if not known:
+            raise LabError(f"kamailio {self.name}: check-sync: {ext} is not registered")
+        contact = known[-1]
+        fr_ms = max(1, round(timeout_s * 1000))  # rule 5 of kamailio_cfg: tm's timeout
+        call_id = f"{CHECK_SYNC_CALL_ID}.{fr_ms}.{uuid.uuid4().hex}"
+        headers = check_sync_headers(ext, (self.host, self.port), reboot=reboot, call_id=call_id)
+        params = ("NOTIFY", contact.address, contact.received or ".", ".", headers, "")
+        out = self._ctl("tm.t_uac_wait_block", *params, timeout_s=timeout_s + _UAC_MARGIN_S)
+        return parse_uac_reply(out).code
+
+    def _ctl(self, method: str, *params: str, timeout_s: float) -> str:
+        """One RPC on this Kamailio's ctl socket (`phonelab.kamctl.kamcmd`)."""
         if self._rundir is None or not self.running:
             raise LabError(f"kamailio {self.name}: not running")
-        argv = ["kamcmd", "-s", f"unix:{self._rundir / 'ctl.sock'}", "ul.dump"]
         try:
-            done = subprocess.run(
-                argv, capture_output=True, text=True, timeout=timeout_s, check=False
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise LabError(f"kamailio {self.name}: kamcmd timed out") from exc
-        if done.returncode != 0:
-            raise LabError(f"kamailio {self.name}: kamcmd ul.dump: {done.stderr.strip()}")
-        return _CONTACT_LINE.findall(done.stdout)
+            return kamcmd(self._rundir / "ctl.sock", method, *params, timeout_s=timeout_s)
+        except LabError as exc:
+            raise LabError(f"kamailio {self.name}: {exc}") from exc
 
     def requests(self, *, include_lab: bool = False) -> list[str]:
         """Requests received so far, as `<METHOD> from <ip>:<port> <call-id>`, oldest first.

@@ -14,6 +14,10 @@ Routing rules of the rendered PBX, in order:
    unknown user -> 403 Forbidden (one answer, nothing to retry).
 4. Per method: OPTIONS 200, REGISTER saved in memory, PUBLISH/SUBSCRIBE to presence (with
    `presence`), INVITE to a `routes` entry or a registered contact, anything else 404.
+5. Requests Kamailio originates itself never pass request_route. The check-sync NOTIFY
+   `KamailioPbx.send_check_sync` has tm send (Call-ID `lab-check-sync.<ms>.<id>`) is logged
+   `CHECK-SYNC <ruri> <call-id>` and gets `<ms>` to be answered (`t_set_fr` in
+   `event_route[tm:local-request]`); tm's own 408 ends it after that.
 """
 
 from __future__ import annotations
@@ -33,6 +37,15 @@ BASE_MODULES = (
 DBTEXT_SHIPPED = Path("/usr/share/kamailio/dbtext/kamailio")
 PRESENCE_TABLES = ("version", "presentity", "active_watchers", "watchers", "xcap", "pua")
 TLS_PORT = 5061
+#: First dot-separated field of the Call-ID of the lab's check-sync NOTIFYs (rule 5).
+CHECK_SYNC_CALL_ID = "lab-check-sync"
+_LOCAL_REQUEST_ROUTE = f"""event_route[tm:local-request] {{
+    if (is_method("NOTIFY") && $(ci{{s.select,0,.}}) == "{CHECK_SYNC_CALL_ID}") {{
+        $var(fr) = $(ci{{s.select,1,.}}{{s.int}});
+        xlog("L_NOTICE", "CHECK-SYNC $ru $ci\\n");
+        t_set_fr($var(fr), $var(fr));
+    }}
+}}"""
 
 
 @dataclass(frozen=True)
@@ -248,6 +261,8 @@ request_route {{
     sl_send_reply("404", "Not Found");
     exit;
 }}
+
+{_LOCAL_REQUEST_ROUTE}
 """
 
 

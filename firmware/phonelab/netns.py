@@ -1,8 +1,9 @@
 """Lab network namespaces (SPEC §8).
 
 Owns: creating and deleting the lab's namespaces (`<prefix>-phone`, `<prefix>-pbx1`,
-`<prefix>-pbx2`, `<prefix>-peer` (call peers), `<prefix>-dns` (the phone's resolver) and
-`<prefix>-sw` holding the bridge that joins them), the proxies' secondary addresses, the
+`<prefix>-pbx2`, `<prefix>-peer` (call peers), `<prefix>-dns` (the phone's resolver),
+`<prefix>-prov` (the provisioning server) and `<prefix>-sw` holding the bridge that joins
+them), the proxies' secondary addresses, the
 phone's `/etc/netns/<phone-ns>/resolv.conf`, running commands in a namespace and opening
 sockets in one. Process helpers live in `phonelab.procs` and are re-exported here.
 Must not touch: namespaces, tables or processes it did not create (stale clean-up only
@@ -46,7 +47,8 @@ from phonelab.procs import (
 )
 
 __all__ = [
-    "DNS_IP", "PBX1_IP", "PBX2_IP", "PEER_IP", "PHONE_IP", "PROXY1_IP", "PROXY2_IP", "Lab",
+    "DNS_IP", "PBX1_IP", "PBX2_IP", "PEER_IP", "PHONE_IP", "PROV_IP", "PROXY1_IP", "PROXY2_IP",
+    "Lab",
     "call_in_netns", "cleanup_stale", "delete_netns", "list_netns", "netns_socket",
     "ns_argv", "poll_until", "port_in_use", "signal_group", "spawn", "stop_process",
 ]  # fmt: skip
@@ -67,8 +69,13 @@ PROXY2_IP = "192.0.2.22"
 PEER_IP = "192.0.2.30"
 #: The phone's DNS server (dnsmasq).
 DNS_IP = "192.0.2.53"
+#: The provisioning server (the endpoint manager's HTTP/HTTPS side, `phonelab.nginx`).
+PROV_IP = "192.0.2.40"
 PREFIX_LEN = 24
-_ROLES = {"phone": PHONE_IP, "pbx1": PBX1_IP, "pbx2": PBX2_IP, "peer": PEER_IP, "dns": DNS_IP}
+_ROLES = {
+    "phone": PHONE_IP, "pbx1": PBX1_IP, "pbx2": PBX2_IP, "peer": PEER_IP, "dns": DNS_IP,
+    "prov": PROV_IP,
+}  # fmt: skip
 _SECONDARY = {"pbx1": PROXY1_IP, "pbx2": PROXY2_IP}
 NETNS_ETC = Path("/etc/netns")
 
@@ -201,13 +208,14 @@ def cleanup_stale(prefix_glob: str = "phl*") -> list[str]:
 
 
 class Lab:
-    """Phone, two PBX hosts, a call peer, a DNS host and a switch, each in its own netns.
+    """Phone, two PBX hosts, a call peer, a DNS host, a provisioning server and a switch.
 
     All hosts share 192.0.2.0/24 through a bridge in `<prefix>-sw`; each host has `lo` up
     and its end of a veth pair named `eth0`. pbx1 and pbx2 also hold their proxy's address
-    (PROXY1_IP, PROXY2_IP). The phone's resolver is DNS_IP (`/etc/netns/<phone>/resolv.conf`,
-    seen by programs started with `ip netns exec`). Use as a context manager, or call
-    `setup()` and `teardown()` (teardown is idempotent and always deletes everything).
+    (PROXY1_IP, PROXY2_IP). prov (PROV_IP) serves provisioning files. The phone's resolver
+    is DNS_IP (`/etc/netns/<phone>/resolv.conf`, seen by programs started with
+    `ip netns exec`). Use as a context manager, or call `setup()` and `teardown()`
+    (teardown is idempotent and always deletes everything).
     """
 
     _counter = 0
@@ -226,16 +234,17 @@ class Lab:
         self.pbx2 = f"{self.prefix}-pbx2"
         self.peer = f"{self.prefix}-peer"
         self.dns = f"{self.prefix}-dns"
+        self.prov = f"{self.prefix}-prov"
         self.switch = f"{self.prefix}-sw"
 
     def ns(self, role: str) -> str:
-        """The namespace name of `role` (phone, pbx1, pbx2, peer, dns, sw)."""
+        """The namespace name of `role` (phone, pbx1, pbx2, peer, dns, prov, sw)."""
         return f"{self.prefix}-{role}"
 
     @property
     def namespaces(self) -> list[str]:
         """Every namespace this lab owns."""
-        return [self.phone, self.pbx1, self.pbx2, self.peer, self.dns, self.switch]
+        return [self.phone, self.pbx1, self.pbx2, self.peer, self.dns, self.prov, self.switch]
 
     @property
     def resolv_conf(self) -> Path:

@@ -2,7 +2,8 @@
 
 Owns: the text of RFC 4235 `application/dialog-info+xml` bodies for the three lab states,
 of the requests lab tools and tests send by hand (PUBLISH, SUBSCRIBE, REGISTER, with RFC
-2617 digest credentials when asked), and reading a message's status, headers and body.
+2617 digest credentials when asked), the headers of the check-sync NOTIFY the lab PBX
+originates, responses a test sends back, and reading a message's status, headers and body.
 Imports nothing that does IO.
 Must not touch: sockets and processes (`phonelab.kamailio` sends these).
 
@@ -122,10 +123,35 @@ def response_status(data: bytes) -> int | None:
 
 def ok_for(request: bytes) -> bytes:
     """A 200 OK echoing Via/From/To/Call-ID/CSeq of `request` (answer a NOTIFY in tests)."""
+    return reply_for(request, 200, "OK")
+
+
+def reply_for(request: bytes, status: int, reason: str) -> bytes:
+    """A `status reason` response echoing Via/From/To/Call-ID/CSeq of `request`."""
     text = request.decode(errors="replace").split("\r\n\r\n", 1)[0].split("\r\n")[1:]
     keep = ("via:", "from:", "to:", "call-id:", "cseq:", "v:", "f:", "t:", "i:")
     echoed = [line for line in text if line.lower().startswith(keep)]
-    return ("SIP/2.0 200 OK\r\n" + "\r\n".join(echoed) + "\r\nContent-Length: 0\r\n\r\n").encode()
+    head = f"SIP/2.0 {status} {reason}\r\n"
+    return (head + "\r\n".join(echoed) + "\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+def check_sync_headers(ext: str, pbx: tuple[str, int], *, reboot: bool, call_id: str) -> str:
+    """The headers of a PBX's "Force Update" NOTIFY to extension `ext` (SPEC §7).
+
+    What FreePBX's `pjsip send notify` puts on the wire: an out-of-dialog NOTIFY from the
+    PBX with `Event: check-sync` (`;reboot=true` to ask for a restart) and a terminated
+    subscription state. No body: the sender adds `Content-Length: 0` itself.
+    """
+    event = "check-sync;reboot=true" if reboot else "check-sync"
+    host, port = pbx
+    return (
+        f"From: <sip:pbx@{host}:{port}>\r\n"
+        f"To: <sip:{ext}@{host}>\r\n"
+        f"Call-ID: {call_id}\r\n"
+        f"Contact: <sip:pbx@{host}:{port}>\r\n"
+        f"Event: {event}\r\n"
+        "Subscription-State: terminated\r\n"
+    )
 
 
 def digest_authorization(
