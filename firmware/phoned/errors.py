@@ -27,3 +27,7 @@ class ControlError(PhonedError, ConnectionError):
 
 class VpnError(PhonedError, OSError):
     """The tunnel could not be created, configured, switched or read."""
+
+
+class ProvisioningError(PhonedError, OSError):
+    """The provisioning file could not be fetched or kept (SPEC §7)."""
