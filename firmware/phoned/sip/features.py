@@ -184,9 +184,9 @@ class PhoneFeatures:
         return BlfSubscriptions(self._blf_keys, self._on_blf_change, mute=mute)
 
     def watch_blf(self, keys: Sequence[str]) -> None:
-        """New `[blf] keys` (settings changed): the subscriptions are ended (un-SUBSCRIBE)
-        and fresh ones made for `keys` where they lived (STACK-NOTES: fresh buddies, never
-        a re-subscribe). Same keys: nothing happens.
+        """New `[blf] keys` (settings changed, SPEC §7): removed keys are un-SUBSCRIBEd,
+        new ones subscribed where the others live (fresh buddies, STACK-NOTES), the kept
+        ones left untouched. Same keys: nothing happens.
 
         Raises:
             SipError: wrong thread, or not started.
@@ -194,6 +194,14 @@ class PhoneFeatures:
         self._check_thread()
         keys = tuple(keys)
         if keys == self._blf_keys:
+            return
+        if self._blf is not None and keys:
+            self._blf_keys = keys
+            try:
+                self._blf.change_keys(keys)
+            except SipError as exc:  # lamps of the new keys stay unknown
+                log.warning("sip: blf: %s -> lamps unknown", exc)
+            self._settle()
             return
         where = self._blf_server
         if where is None and self._release_when_registered is None:

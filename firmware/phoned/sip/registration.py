@@ -183,6 +183,31 @@ class Registrar:
             self._schedule.cancel(server)
         return account
 
+    def reconfigure(self, identity: SipIdentity, *, register_expires: int) -> None:
+        """What accounts are configured with from now on (new settings, SPEC §7)."""
+        self._identity = identity
+        self._register_expires = register_expires
+
+    def modify(self, account: ServerAccount) -> bool:
+        """Give a current account the identity in force; pjsua registers it again at once
+        (an un-REGISTER of the old AOR first when that changed). False when refused
+        (reported, retried: Rule 1)."""
+        server = account.server
+        config = account_config(
+            self._identity, account.target, register_expires=self._register_expires,
+            retry=self._retry,
+        )  # fmt: skip
+        self._asked[server] = self._clock()
+        try:
+            account.modify(config)
+        except pj.Error as exc:
+            self._refused(server, account.target, account, "REGISTER", exc)
+            return False
+        account.config = config
+        log.info("sip: %s account at %s:%d given new settings -> registering again",
+                 server.value, account.target.host, account.target.port)  # fmt: skip
+        return True
+
     def register(self, account: ServerAccount) -> bool:
         """Ask pjsua for a REGISTER on `account` now; False when refused (Rule 1)."""
         server = account.server

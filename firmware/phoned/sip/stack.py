@@ -300,6 +300,31 @@ class PjsuaStack(PhoneFeatures):
         self._update_peers()
         self._settle()
 
+    def set_account(self, identity: SipIdentity, *, register_expires: int) -> None:
+        """New `[account]` settings (SPEC §7): every current account registers again
+        with them on its own server (calls go on); BLF moves to the new AOR when it
+        changed. A refused REGISTER is reported FAILED and retried (Rule 6).
+
+        Raises:
+            SipError: wrong thread, or not started.
+        """
+        self._check_thread()
+        old, self._identity = self._identity, identity
+        self._registrar.reconfigure(identity, register_expires=register_expires)
+        for account in list(self._accounts.values()):
+            self._registrar.modify(account)
+        if (old.username, old.domain) != (identity.username, identity.domain):
+            where = self._blf_server
+            self._end_blf(None, send=True)
+            if where is not None:
+                self._subscribe_blf(where)
+        self._settle()
+
+    def set_auto_answer(self, enabled: bool) -> None:
+        """Whether incoming calls from the servers are answered at once (`[sip]`)."""
+        self._check_thread()
+        self._calls.auto_answer = enabled
+
     def _take_account(self, server: Server, target: SipTarget) -> None:
         """Rule 6: `server`'s leaver at `target` becomes current again, else a new one."""
         self._registrar.cancel(server)

@@ -89,6 +89,8 @@ class BlfSubscriptions:
         self._ended_call_ids: set[str] = set()
         self._subscribed_at: float | None = None
         self._where = ""
+        #: where the current generation lives: (account, domain, transport), for new keys
+        self._at: tuple[pj.Account, str, str] | None = None
 
     # -- subscribing -----------------------------------------------------------------------
     def subscribe(self, account: pj.Account, domain: str, transport: str) -> None:
@@ -105,16 +107,49 @@ class BlfSubscriptions:
             log.info("blf: subscribe() while subscribed at %s -> ending those first", self._where)
             self.end(send=True)
         self._where = domain
+        self._at = (account, domain, transport)
         self._subscribed_at = time.monotonic()
-        lib = pjsua_library()
         for key in self._keys:
-            self._subs[key] = _Subscription(self._new_buddy(account, key, domain, transport))
-            status = lib.pjsua_buddy_subscribe_dlg_event(self._subs[key].buddy.getId(), PJ_TRUE)
-            if status != PJ_SUCCESS:
-                raise SipError(f"blf: cannot subscribe to {key}@{domain}: pjsua status {status}")
+            self._subscribe_key(key)
         if self._keys:
             log.info("blf: %d key(s) subscribed at %s -> waiting for NOTIFY",
                      len(self._keys), domain)  # fmt: skip
+
+    def _subscribe_key(self, key: str) -> None:
+        if self._at is None:
+            return
+        account, domain, transport = self._at
+        self._subs[key] = _Subscription(self._new_buddy(account, key, domain, transport))
+        status = pjsua_library().pjsua_buddy_subscribe_dlg_event(
+            self._subs[key].buddy.getId(), PJ_TRUE
+        )
+        if status != PJ_SUCCESS:
+            raise SipError(f"blf: cannot subscribe to {key}@{domain}: pjsua status {status}")
+
+    def change_keys(self, keys: Sequence[str]) -> tuple[list[str], list[str]]:
+        """New `[blf] keys` (SPEC §7): a removed key is un-SUBSCRIBEd, a new one subscribed
+        where the others live (when they live anywhere), the others are left untouched:
+        their subscriptions and lamps go on. Returns (added, removed).
+
+        Raises:
+            SipError: pjsua2 refused a new key's buddy or subscription (the others stay).
+        """
+        new = tuple(dict.fromkeys(keys))
+        added = [key for key in new if key not in self._states]
+        removed = [key for key in self._keys if key not in new]
+        gone = [self._subs.pop(key) for key in removed if key in self._subs]
+        self._ended_call_ids |= {s.call_id for s in gone if s.call_id is not None}
+        self._delete([s.buddy for s in gone])  # Rule 1: deleting sends the un-SUBSCRIBE
+        self._keys = new
+        self._states = {key: self._states.get(key, BlfState.UNKNOWN) for key in new}
+        if self._subs or self._subscribed_at is not None:
+            for key in added:
+                self._subscribe_key(key)
+        if added or removed:
+            log.info("blf: keys %s added, %s removed at %s -> others untouched",
+                     ",".join(added) or "none", ",".join(removed) or "none",
+                     self._where or "no server yet")  # fmt: skip
+        return added, removed
 
     @staticmethod
     def _new_buddy(account: pj.Account, key: str, domain: str, transport: str) -> pj.Buddy:
@@ -138,6 +173,7 @@ class BlfSubscriptions:
         subs, self._subs = self._subs, {}
         self._ended_call_ids = {s.call_id for s in subs.values() if s.call_id is not None}
         self._subscribed_at = None
+        self._at = None
         buddies = [s.buddy for s in subs.values()]
         subs.clear()
         if send or not buddies:
