@@ -91,14 +91,21 @@ def _demo(interval_s: int) -> int:
 
 
 def _run(config_path: str, level: str) -> int:
-    from phoned.config.loader import load_settings  # noqa: PLC0415 - keep `status` light
-    from phoned.logfmt import setup_logging  # noqa: PLC0415
-
-    settings = load_settings(config_path)  # bad settings: a message, before pjsua2 loads
-    from phoned.service.supervisor import Supervisor  # noqa: PLC0415 - imports pjsua2
+    from phoned.logfmt import setup_logging  # noqa: PLC0415 - keep `status` light
+    from phoned.service.configsource import ConfigSource  # noqa: PLC0415
 
     setup_logging(getattr(logging, level.upper()))
-    return Supervisor(settings).run()
+    source = ConfigSource(config_path)
+    settings = source.boot()  # SPEC §7: local + fetched (5 s at most) or last good
+    from phoned.service.supervisor import Supervisor  # noqa: PLC0415 - imports pjsua2
+
+    supervisor = Supervisor(settings, source)
+    code = supervisor.run()
+    if supervisor.reexec:  # SPEC §7: the same command line, the same PID
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, sys.orig_argv)  # noqa: S606 - our own command line
+    return code
 
 
 def _check_config(path: str) -> int:

@@ -47,7 +47,8 @@ from phonelab.procs import (
 )
 
 __all__ = [
-    "DNS_IP", "PBX1_IP", "PBX2_IP", "PEER_IP", "PHONE_IP", "PROV_IP", "PROXY1_IP", "PROXY2_IP",
+    "DNS_IP", "PBX1_IP", "PBX2_IP", "PEER_IP", "PHONE_IP", "PHONE_MAC", "PROV_IP",
+    "PROXY1_IP", "PROXY2_IP",
     "Lab",
     "call_in_netns", "cleanup_stale", "delete_netns", "list_netns", "netns_socket",
     "ns_argv", "poll_until", "port_in_use", "signal_group", "spawn", "stop_process",
@@ -69,6 +70,8 @@ PROXY2_IP = "192.0.2.22"
 PEER_IP = "192.0.2.30"
 #: The phone's DNS server (dnsmasq).
 DNS_IP = "192.0.2.53"
+#: The phone's MAC (a Raspberry Pi's OUI): its provisioning file is `<mac>.toml` (SPEC §7).
+PHONE_MAC = "b8:27:eb:12:ab:34"
 #: The provisioning server (the endpoint manager's HTTP/HTTPS side, `phonelab.nginx`).
 PROV_IP = "192.0.2.40"
 PREFIX_LEN = 24
@@ -283,6 +286,8 @@ class Lab:
         _ip("-n", self.switch, "link", "add", role, "type", "veth", "peer", "eth0", "netns", host)
         _ip("-n", self.switch, "link", "set", role, "master", "br0", "up")
         _ip("-n", host, "addr", "add", f"{address}/{PREFIX_LEN}", "dev", "eth0")
+        if role == "phone":
+            _ip("-n", host, "link", "set", "eth0", "address", PHONE_MAC)
         _ip("-n", host, "link", "set", "eth0", "up")
         # Strict reverse-path filtering must not judge our single flat subnet.
         self.sysctl(role, "net.ipv4.conf.all.rp_filter", "0")

@@ -25,6 +25,8 @@ proxies 192.0.2.21 in pbx1 and 192.0.2.22 in pbx2):
   it with `make_pbx(..., routes={"2000": peer.uri}, trusted=[PEER_IP])`.
 - `make_caller(pbx_role, ext="1001", hangup_after_ms=1000)`: a started `SippCaller` (UAC)
   in the peer namespace calling `sip:<ext>@<pbx>` through that PBX (one call, then exits).
+- `make_prov(**options)`: a started `NginxServer` (the endpoint manager's provisioning
+  server) on 192.0.2.40 in the prov namespace; options go to `NginxServer` (tls=, users=).
 """
 
 from __future__ import annotations
@@ -47,12 +49,14 @@ from phonelab.netns import (
     PBX1_IP,
     PBX2_IP,
     PEER_IP,
+    PROV_IP,
     PROXY1_IP,
     PROXY2_IP,
     Lab,
     cleanup_stale,
     netns_socket,
 )
+from phonelab.nginx import NginxServer
 from phonelab.phone import RunningPhone, write_config
 from phonelab.proxy import KamailioProxy
 from phonelab.sipp import SippResponder
@@ -65,6 +69,7 @@ MakePbx = Callable[..., KamailioPbx]
 MakeProxy = Callable[..., KamailioProxy]
 MakeCallPeer = Callable[..., SippCallPeer]
 MakeCaller = Callable[..., SippCaller]
+MakeProv = Callable[..., NginxServer]
 
 #: The lab PBXs' SIP accounts: username -> password (test credentials, not secrets).
 PBX_USERS = {"1001": "lab-1001-pw", "1002": "lab-1002-pw", "1003": "lab-1003-pw"}
@@ -304,6 +309,22 @@ def make_tunnel_pbx(lab: Lab, tmp_path: Path, vpn_lab: VpnLab) -> Iterator[MakeP
     yield make
     for pbx in started:
         pbx.stop()
+
+
+@pytest.fixture
+def make_prov(lab: Lab, tmp_path: Path) -> Iterator[MakeProv]:
+    """Factory `make_prov(**options)` of started NginxServers on PROV_IP in the prov netns."""
+    started: list[NginxServer] = []
+
+    def make(**options: Any) -> NginxServer:
+        server = NginxServer(lab.prov, PROV_IP, workdir=tmp_path / f"prov{len(started)}", **options)
+        started.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
 
 
 StartPhone = Callable[..., RunningPhone]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import MakeProv
 
 from phonelab.errors import LabError
 from phonelab.kamailio import KamailioPbx
@@ -26,26 +27,9 @@ from phonelab.sipreq import register_request, reply_for, response_status, split_
 from phonelab.tls import CertAuthority
 from phonelab.webfetch import HttpReply, http_get
 
-MakeProv = Callable[..., NginxServer]
 MakePbx = Callable[..., KamailioPbx]
 PhoneUdp = Callable[[str, int], socket.socket]
 MAC_FILE = "b827eb12ab34.toml"
-
-
-@pytest.fixture
-def make_prov(lab: Lab, tmp_path: Path) -> Iterator[MakeProv]:
-    """Factory `make_prov(**options)` of started NginxServers on PROV_IP in the prov netns."""
-    started: list[NginxServer] = []
-
-    def make(**options: Any) -> NginxServer:
-        server = NginxServer(lab.prov, PROV_IP, workdir=tmp_path / f"prov{len(started)}", **options)
-        started.append(server)
-        server.start()
-        return server
-
-    yield make
-    for server in started:
-        server.stop()
 
 
 @pytest.fixture

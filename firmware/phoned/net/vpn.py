@@ -287,6 +287,40 @@ class WireGuardVpn:
             self._last_switch_ms,
         )
 
+    def reconfigure(self, settings: VpnSettings) -> bool:
+        """New `[vpn]` settings on the running tunnel, applied by difference (SPEC §7).
+
+        Peers (endpoints, keys, allowed networks) and `routes` change in place: the
+        device gets only what differs and the kernel routes follow. A new interface,
+        address or key file needs a new tunnel: returns False and changes nothing, so
+        that the caller stops this one and starts another.
+
+        Raises:
+            VpnError: not started, or the change was refused.
+        """
+        old = self._settings
+        if (settings.interface, settings.address, settings.private_key_file) != (
+            old.interface, old.address, old.private_key_file
+        ) or settings.primary is None:  # fmt: skip
+            return False
+        with self._lock:
+            if self._routes is None or self._active is None:
+                raise VpnError(f"vpn: {self.ifname} is not started")
+            gone = set(self._kernel_prefixes(self._active))
+            self._settings = settings
+            self._endpoints = {s: parse_endpoint(p.endpoint) for s, p in self._peers().items()}
+            self._set_config(self._config(self._active))
+            kept = self._kernel_prefixes(self._active)
+            try:
+                self._routes.delete(sorted(gone - set(kept)))
+                self._routes.replace(kept, self.ifname)
+            except RouteError as exc:
+                raise VpnError(f"vpn: cannot apply new routes: {exc}") from exc
+        log.info("vpn: %s peers %s, routes %s -> reconfigured", self.ifname,
+                 ", ".join(f"{s.value} {p.endpoint}" for s, p in self._peers().items()),
+                 ",".join(settings.routes) or "none")  # fmt: skip
+        return True
+
     def status(self) -> dict[str, object]:
         """Backend, interface, liveness, active peer and per-peer tunnel facts.
 

@@ -1,8 +1,9 @@
 """Control requests: each validated command served by the part that owns the answer.
 
 Owns: turning a request from the control socket into its answer (SPEC §4): `status` from
-the status board, `app` fetched on the control thread (pjsua2 is not involved), `call`,
-`hangup` and `resync` handed to the main thread (`handover`) because they drive pjsua2.
+the status board, `app` fetched on the control thread (pjsua2 is not involved), `call`
+and `hangup` handed to the main thread (`handover`) because they drive pjsua2, `resync`
+to the provisioning worker (which fetches, then hands the apply to the main thread).
 Must not touch: validation (`commands.parse_command` does it, before anything runs),
 pjsua2 from this thread, or the socket itself (`control`).
 """
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from phoned.config.live import LiveSettings
+from phoned.errors import PhonedError
 from phoned.net.apps import AppError, fetch
 from phoned.service.commands import (
     AppCommand,
@@ -35,7 +37,7 @@ class ControlRequests:
     Args:
         live: the settings in force.
         work: the queue to the main (pjsua2) thread.
-        resync: re-reads and applies the settings, on the main thread.
+        resync: fetches and applies the settings and waits for the outcome (SPEC §7).
     """
 
     def __init__(
@@ -68,7 +70,10 @@ class ControlRequests:
         if isinstance(command, AppCommand):
             return self._app(phone, command.name)
         if isinstance(command, ResyncCommand):
-            return self._work.submit("resync", self._resync)
+            try:
+                return self._resync()
+            except PhonedError as exc:
+                raise CommandError(str(exc)) from exc
         raise CommandError(f"unknown command: {command}")  # parse_command knows them all
 
     def call_work(self, ext: str) -> Work:

@@ -88,6 +88,11 @@ class StatusBoard:
         self._lock = threading.Lock()
         self._facts = facts
         self._b = _Board({role: ServerStatus() for role in Server})
+        self._config: Callable[[], dict[str, Any]] = dict
+
+    def show_config(self, report: Callable[[], dict[str, Any]]) -> None:
+        """Where the settings in force came from (SPEC §7 `config`), read at each snapshot."""
+        self._config = report
 
     def watch_blf(self, keys: tuple[str, ...]) -> None:
         """Show these BLF keys: a key kept keeps its lamp, a new one is unknown until a
@@ -163,6 +168,11 @@ class StatusBoard:
             else:
                 self._b.calls[call_id] = call
 
+    def has_calls(self) -> bool:
+        """Whether a call is up (an apply that needs a restart waits for it to end)."""
+        with self._lock:
+            return bool(self._b.calls)
+
     @property
     def active(self) -> Server:
         """The server registration, subscriptions and new calls go to."""
@@ -172,6 +182,7 @@ class StatusBoard:
     def snapshot(self) -> dict[str, Any]:
         """A JSON-able picture of everything `phoned status` shows (SPEC §4)."""
         facts = self._facts()
+        config = self._config()
         with self._lock:
             b = self._b
             active = b.servers[b.active]
@@ -198,6 +209,7 @@ class StatusBoard:
                 "device": dict(b.device),
                 "display": {"top_line": top_line(facts.ext, b.active, b.service, registered)},
                 "leds": {"status": asdict(led)},
+                "config": config,
                 "uptime_s": round(time.time() - b.started_at, 1),
             }
 
@@ -255,6 +267,10 @@ def render_text(snapshot: dict[str, Any]) -> str:
             f"call {call['call_id']}:   {call['direction']} {call['remote']} {call['state']}"
             f" via {call['server']} ({call['duration_s']:.0f} s)"
         )
+    config = snapshot.get("config") or {}
+    if config.get("source"):
+        origin = f"{config['source']} {config.get('url') or ''}".rstrip()
+        lines.append(f"config:   {origin}, last {config.get('last_result')}")
     if snapshot["last_switch"]:
         switch = snapshot["last_switch"]
         lines.append(f"switched: {switch['from']} -> {switch['to']}: {switch['reason']}")

@@ -1,7 +1,8 @@
 """The supervisor: the main thread's loop, which is also the pjsua2 thread; owns threads.
 
 Owns: the order of start-up and shut-down, signals (SIGTERM/SIGINT stop, SIGHUP re-reads
-the settings file), the pjsua2 event loop (`libHandleEvents` polled here, STACK-NOTES: one
+the settings), whether the process must re-exec itself (`reexec`, SPEC §7), the pjsua2
+event loop (`libHandleEvents` polled here, STACK-NOTES: one
 owner thread), carrying out the core's actions (a `UseServer` through `switch.Switch`),
 turning SIP events into status and log lines, the watchdog ping (only when every worker
 has beaten since the last one) and sd_notify. Everything is built by `wiring.Phone`.
@@ -11,7 +12,6 @@ pjsua2 from any other thread (other threads hand work over through `handover`).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import signal
@@ -22,7 +22,7 @@ from typing import Any
 
 from phoned.clock import MonotonicClock
 from phoned.config.live import LiveSettings
-from phoned.config.loader import load_settings
+from phoned.config.loader import SettingsError
 from phoned.config.settings import Settings
 from phoned.core.events import (
     Action,
@@ -36,16 +36,20 @@ from phoned.core.events import (
     ServiceChanged,
     UseServer,
 )
-from phoned.errors import ConfigError, PhonedError
+from phoned.errors import PhonedError
 from phoned.logfmt import log_event
 from phoned.service import journal, sdnotify
+from phoned.service.applier import ConfigApplier
+from phoned.service.configsource import Built, ConfigSource
 from phoned.service.handover import MainThreadWork
+from phoned.service.provisioning import Provisioner
 from phoned.service.requests import ControlRequests
 from phoned.service.wiring import Hooks, Phone
 from phoned.sip.stack import (
     BlfChanged,
     CallChanged,
     CallInfo,
+    CheckSyncReceived,
     RegistrationChanged,
     RegState,
     SipEvent,
@@ -62,23 +66,33 @@ _IDLE_POLL_MS = 100
 _BUSY_WINDOW_S = 0.06
 #: A worker silent this long is named in the log (the watchdog is no longer pinged).
 _STUCK_AFTER_S = 10.0
+#: How long `phoned resync` waits for the fetch (5 s at most) and the apply.
+_RESYNC_TIMEOUT_S = 8.0
 
 
 class Supervisor:
     """Runs the phone until SIGTERM; `run()` returns the process exit code."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, source: ConfigSource | None = None) -> None:
+        """Args:
+        settings: the settings to start with (`ConfigSource.boot()`'s).
+        source: where settings come from; default: `settings.source` alone.
+        """
         self._clock = MonotonicClock()
         self._actions: queue.SimpleQueue[Action] = queue.SimpleQueue()
         self._work = MainThreadWork()
         self._stop = threading.Event()
-        self._reload = threading.Event()
         self._ready = False
         self._answered: dict[Server, tuple[str, int]] = {}  #: from the core's verdicts
         self._stuck_logged: set[str] = set()
         self._vpn_status_at = float("-inf")
+        #: True when `run()` returned to be re-exec'd (check-sync reboot, a key that
+        #: cannot change live): the caller execs the same command line.
+        self.reexec = False
+        self._reboot_for: str | None = None
         live = LiveSettings(settings)
-        self._requests = ControlRequests(live, self._work, self._reload_now)
+        self.source = source if source is not None else ConfigSource(settings.source)
+        self._requests = ControlRequests(live, self._work, self._resync)
         hooks = Hooks(
             on_sip_event=self._on_sip_event,
             on_action=self._actions.put,
@@ -89,16 +103,27 @@ class Supervisor:
         self.phone = Phone(live, hooks, self._clock)
         self._requests.attach(self.phone)
         self.board = self.phone.board
+        self.board.show_config(lambda: self.source.report.as_dict())  # noqa: PLW0108 - replaced, read late
+        self._applier = ConfigApplier(self.phone, self.source, self._use_server, self._clock)
+        self.phone.heartbeats.add("provisioning")
+        self._provisioner = Provisioner(
+            self.source,
+            live,
+            self._deliver,
+            self._clock,
+            on_beat=lambda: self.phone.heartbeats.beat("provisioning"),
+        )
 
     # -- life cycle ------------------------------------------------------------------
     def run(self) -> int:
         """Start everything, serve until SIGTERM/SIGINT, then stop cleanly."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
-        signal.signal(signal.SIGHUP, lambda _s, _f: self._reload.set())
+        signal.signal(signal.SIGHUP, lambda _s, _f: self._provisioner.request("SIGHUP"))
         self._start_adapters()
         self.phone.control.start()
         self.phone.monitor.start()
+        self._provisioner.start()
         ext = self.phone.live.get().account.username
         log_event(log, "started", f"phoned: started as {ext}")
         code = 0
@@ -106,8 +131,10 @@ class Supervisor:
             self.phone.sip.poll(self._poll_ms())
             self._drain_actions()
             self._work.drain()
-            if self._reload.is_set():
-                self._reload_on_signal()
+            if self._applier.flash_ended():
+                self._publish_status()
+            if self._restart_due():
+                break
             self._refresh_vpn_status()
             if not self._workers_alive():
                 log.error("phoned: a worker thread died; exiting so that it is restarted")
@@ -132,7 +159,19 @@ class Supervisor:
     def _workers_alive(self) -> bool:
         phone = self.phone
         vpn_alive = phone.vpn is None or phone.vpn.alive
-        return phone.monitor.alive and phone.control.alive and vpn_alive
+        threads = (phone.monitor.alive, phone.control.alive, self._provisioner.alive)
+        return all(threads) and vpn_alive
+
+    def _restart_due(self) -> bool:
+        """SPEC §7: re-exec for check-sync reboot or a key that cannot change live, once
+        no call is up (an apply never drops a call)."""
+        why = self._reboot_for or self._applier.restart_for
+        if why is None or self.board.has_calls():
+            return False
+        log_event(log, "restart", f"phoned: restarting for {why} (un-REGISTER, re-exec)",
+                  reason=why)  # fmt: skip
+        self.reexec = True
+        return True
 
     def _feed_watchdog(self) -> None:
         """SPEC §10 / STYLE §3: WATCHDOG=1 only once every worker beat since the last."""
@@ -166,6 +205,7 @@ class Supervisor:
         started = time.monotonic()
         sdnotify.notify("STOPPING=1")
         phone = self.phone
+        self._provisioner.stop()
         phone.monitor.stop()
         phone.sip.shutdown(timeout_s=1.0)  # un-REGISTER still travels the tunnel
         if phone.vpn is not None:
@@ -174,30 +214,37 @@ class Supervisor:
         phone.device.close()
         log_event(log, "stopped", "phoned: stopped", took_ms=(time.monotonic() - started) * 1000)
 
-    # -- new settings (on this thread) ----------------------------------------------
-    def _reload_on_signal(self) -> None:
-        with contextlib.suppress(ConfigError):  # logged with file:line; the old ones stay
-            self._reload_now()
+    # -- new settings ---------------------------------------------------------------
+    def _resync(self) -> dict[str, Any]:
+        """`phoned resync` (control thread): fetch and apply now, wait for the outcome."""
+        return self._provisioner.resync(_RESYNC_TIMEOUT_S)
 
-    def _reload_now(self) -> dict[str, Any]:
-        """Re-read the settings file and apply it live (SIGHUP, `phoned resync`)."""
-        self._reload.clear()
-        path = self.phone.live.get().source
-        try:
-            new = load_settings(path)
-        except ConfigError as exc:
-            log_event(log, "config", f"config: {path} rejected, nothing changed",
-                      result="rejected", reason=str(exc))  # fmt: skip
-            raise
-        applied = self.phone.apply(new)
-        changed = applied.changed
-        log_event(log, "config", f"config: {path} applied: {', '.join(changed) or 'no change'}",
-                  result="applied", changed=",".join(changed))  # fmt: skip
-        if applied.moved:  # SPEC §7: the registration follows the server in use at once
-            server = self.board.active
-            self._use_server(UseServer(server, f"new settings moved the {server.value}"))
-        self._publish_status()
-        return {"source": path, "changed": changed}
+    def _deliver(self, built: Built | SettingsError, why: str) -> dict[str, Any]:
+        """From the provisioning worker: apply on this (main) thread and wait."""
+
+        def run() -> dict[str, Any]:
+            try:
+                return self._applier.deliver(built, why)
+            finally:
+                self._publish_status()  # the flash, the new BLF keys, the config section
+
+        return self._work.submit("apply", run, timeout_s=_RESYNC_TIMEOUT_S)
+
+    def _on_check_sync(self, event: CheckSyncReceived) -> None:
+        """SPEC §7 Force Update: fetch and apply (off this thread), or restart."""
+        source = f"{event.source[0]}:{event.source[1]}"
+        if not self.phone.live.get().provisioning.check_sync:
+            log_event(log, "check_sync", f"check-sync from {source}: ignored (check_sync = "
+                      "false)", source=source, result="ignored")  # fmt: skip
+            return
+        if event.reboot:
+            log_event(log, "check_sync", f"check-sync from {source}: reboot requested",
+                      source=source, result="reboot")  # fmt: skip
+            self._reboot_for = f"check-sync reboot from {source}"
+            return
+        log_event(log, "check_sync", f"check-sync from {source}: fetching the settings",
+                  source=source, result="fetch")  # fmt: skip
+        self._provisioner.request("check-sync")
 
     # -- actions from the core (on this thread) ------------------------------------
     def _drain_actions(self) -> None:
@@ -259,6 +306,8 @@ class Supervisor:
             self.board.set_blf(event.ext, event.state.value)
             journal.blf(event)
             self._publish_status()
+        elif isinstance(event, CheckSyncReceived):
+            self._on_check_sync(event)
 
     def _on_call(self, call: CallInfo) -> None:
         self.board.set_call(call.call_id, None if call.state.value == "ended" else _call_dict(call))
@@ -286,7 +335,8 @@ class Supervisor:
 
     def _publish_status(self) -> None:
         snap = self.board.snapshot()
-        self.phone.device.show(snap)  # SPEC §5: LEDs and display follow every change
+        # SPEC §5: LEDs and display follow every change; a provisioning flash wins
+        self.phone.device.show(snap, self._applier.flash())
         self.board.set_device(self.phone.device.state())
         sdnotify.notify(f"STATUS={snap['display']['top_line']} ({snap['service']})")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from phoned.clock import Clock
@@ -29,6 +29,7 @@ from phoned.net.apps import PhoneApps
 from phoned.net.vpn import WireGuardVpn
 from phoned.probe.matching import ProbeTarget
 from phoned.probe.resolve import make_prober
+from phoned.service.changeplan import ChangePlan, plan_changes
 from phoned.service.control import ControlServer
 from phoned.service.monitor import KeepaliveMonitor
 from phoned.service.status import BoardFacts, StatusBoard
@@ -50,9 +51,6 @@ log = logging.getLogger("phoned")
 #: server: failover within about register refresh + 4 s.
 REGISTRATION_DRIVEN_TIMEOUT_S = 4.0
 REGISTRATION_DRIVEN_MAX_EXPIRES_S = 60
-#: Settings tables that `apply` hands on live; the others need a restart (issue 11 adds
-#: them, and the re-exec for what can never change live).
-LIVE_TABLES = frozenset({"redundancy", "server", "blf", "apps"})
 #: The worker threads whose heartbeats feed the watchdog.
 WORKERS = ("keepalive", "control")
 
@@ -83,17 +81,14 @@ def policy_settings(settings: Settings) -> PolicySettings:
 class Applied:
     """What `Phone.apply` did."""
 
-    changed: list[str]  #: the settings tables that differ, in the file's order
+    plan: ChangePlan  #: every changed key and what each part took
     moved: bool  #: the server in use is now reached elsewhere: re-register there
+    vpn_restart: bool = False  #: the tunnel needs a new interface (a restart)
 
-
-def changed_tables(old: Settings, new: Settings) -> list[str]:
-    """The settings tables whose values differ, in the file's order."""
-    return [
-        f.name
-        for f in fields(Settings)
-        if f.name != "source" and getattr(old, f.name) != getattr(new, f.name)
-    ]
+    @property
+    def changed(self) -> list[str]:
+        """The settings tables that differ, in the file's order."""
+        return self.plan.tables
 
 
 class Phone:
@@ -167,30 +162,33 @@ class Phone:
     def apply(self, new: Settings) -> Applied:
         """Put `new` in force on the running phone (on the main thread: it drives pjsua2).
 
-        Redundancy timing and server addresses reach the core and the prober from the next
-        cycle (SPEC §7); BLF keys and app URLs apply at once; the other tables (and the
-        transport, which picks the prober) are logged as applied at the next restart. When
-        the server in use moved, `Applied.moved` says so: the caller re-registers there.
+        Each part takes only what concerns it (`changeplan`): redundancy timing and server
+        addresses reach the core and the prober from the next cycle (SPEC §7); the account
+        re-registers on the server in use; BLF keys are added and removed; app URLs and
+        the VPN change by difference. Keys that cannot change live are in
+        `Applied.plan.restart` (the caller re-execs). When the server in use moved,
+        `Applied.moved` says so: the caller re-registers there.
         """
         old = self.live.swap(new)
-        changed = changed_tables(old, new)
-        later = [table for table in changed if table not in LIVE_TABLES]
-        if (old.server.transport, old.server.tls_ca_file) != (
-            new.server.transport,
-            new.server.tls_ca_file,
-        ):
-            later.append("server.transport")
-        moved = False
-        if {"server", "redundancy"} & set(changed):
-            moved = self._retarget(new)
-        if "blf" in changed:
+        plan = plan_changes(old, new)
+        moved = self._retarget(new) if plan.retarget else False
+        if plan.account:
+            self.sip.set_account(sip_identity(new), register_expires=register_expires(new))
+        if plan.auto_answer:
+            self.sip.set_auto_answer(new.sip.auto_answer)
+        if plan.blf:
             self.board.watch_blf(new.blf.keys)
             self.sip.watch_blf(new.blf.keys)
-        if "apps" in changed:
+        if plan.apps or plan.retarget:
             self.board.set_apps(self.apps.point_to(self.board.active))
-        if later:
-            log.warning("config: %s changed: applied at the next restart", ", ".join(later))
-        return Applied(changed, moved)
+        vpn_restart = plan.vpn and not self._apply_vpn(old, new)
+        return Applied(plan, moved, vpn_restart)
+
+    def _apply_vpn(self, old: Settings, new: Settings) -> bool:
+        """The VPN by difference; False when only a new tunnel can take it (a restart)."""
+        if self.vpn is None or not (old.vpn.enabled and new.vpn.enabled):
+            return old.vpn.enabled == new.vpn.enabled and not new.vpn.enabled
+        return self.vpn.reconfigure(new.vpn)
 
     def _retarget(self, new: Settings) -> bool:
         """New targets for the prober and the core; whether the server in use moved."""
@@ -207,24 +205,33 @@ def probe_targets(targets: Mapping[Server, ServerTargets]) -> dict[Server, Probe
     return {role: t.probe for role, t in targets.items()}
 
 
+def register_expires(settings: Settings) -> int:
+    """REGISTER's Expires: keep-alive off shortens it, so a dead server is noticed."""
+    if not settings.redundancy.sip_keep_alive_mode:
+        return min(settings.sip.register_expires, REGISTRATION_DRIVEN_MAX_EXPIRES_S)
+    return settings.sip.register_expires
+
+
+def sip_identity(settings: Settings) -> SipIdentity:
+    """Who registers, from `[account]` (the password goes only to pjsua's credentials)."""
+    account = settings.account
+    return SipIdentity(
+        username=account.username,
+        password=account.password,
+        auth_username=account.auth_username or account.username,
+        display_name=account.display_name,
+        domain=account.domain or None,
+    )
+
+
 def build_sip_stack(settings: Settings, on_event: Callable[[SipEvent], None]) -> PjsuaStack:
     """The pjsua2 adapter for these settings (not started)."""
     registration_driven = not settings.redundancy.sip_keep_alive_mode
-    expires = settings.sip.register_expires
-    if registration_driven:
-        expires = min(expires, REGISTRATION_DRIVEN_MAX_EXPIRES_S)
-    account = settings.account
     return PjsuaStack(
-        SipIdentity(
-            username=account.username,
-            password=account.password,
-            auth_username=account.auth_username or account.username,
-            display_name=account.display_name,
-            domain=account.domain or None,
-        ),
+        sip_identity(settings),
         local_port=settings.sip.local_port,
         user_agent=settings.sip.user_agent,
-        register_expires=expires,
+        register_expires=register_expires(settings),
         on_event=on_event,
         auto_answer=settings.sip.auto_answer,
         tls_ca_file=settings.server.tls_ca_file,
