@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from phoned import __version__
 from phoned.errors import ControlError, PhonedError
@@ -45,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     hangup = sub.add_parser("hangup", help="end the running call(s)")
     hangup.add_argument("--call-id", type=int, default=None, help="only this call")
     hangup.add_argument("--config", default=DEFAULT_CONFIG, help="settings file (TOML)")
-    resync = sub.add_parser("resync", help="re-read and apply the settings now, live")
+    resync = sub.add_parser("resync", help="fetch, re-read and apply the settings now, live")
     resync.add_argument("--config", default=DEFAULT_CONFIG, help="settings file (TOML)")
     demo = sub.add_parser("demo", help="run the local lab: fail over and back (SPEC §8)")
     demo.add_argument("--interval", type=int, default=2, help="keep-alive interval in s")
@@ -146,7 +147,9 @@ def _ask(config_path: str, cmd: str, args: dict[str, object]) -> int:
     from phoned.service.control import request  # noqa: PLC0415
 
     try:
-        result = request(_control_socket(config_path), cmd, args)
+        # resync: a fetch (5 s at most, SPEC §7) and the apply, answered when done
+        timeout_s = 15.0 if cmd == "resync" else 5.0
+        result = request(_control_socket(config_path), cmd, args, timeout_s=timeout_s)
     except ControlError as exc:
         print(f"phoned: {exc}", file=sys.stderr)
         return 3 if "not running" in str(exc) else 1
@@ -155,12 +158,24 @@ def _ask(config_path: str, cmd: str, args: dict[str, object]) -> int:
         if not result["content"].endswith("\n"):
             sys.stdout.write("\n")
     elif cmd == "resync":
-        changed = ", ".join(result["changed"]) or "nothing changed"
-        print(f"{result['source']}: applied ({changed})")
+        return _print_resync(result)
     elif cmd == "call":
         print(f"calling {args['ext']} through the {result['server']} (call {result['call_id']})")
     else:
         print(f"ended {result['ended']} call(s)")
+    return 0
+
+
+def _print_resync(result: dict[str, Any]) -> int:
+    """What `phoned resync` did; exit 1 when the provisioning file could not be fetched."""
+    changed = ", ".join(result.get("changed") or []) or "nothing changed"
+    print(f"{result.get('source')}: applied ({changed})")
+    for key in result.get("keys") or []:
+        print(f"  {key}")
+    fetch = str(result.get("fetch", ""))
+    if fetch not in ("", "fetched", "not modified", "local"):
+        print(f"phoned: provisioning file not fetched: {fetch}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -83,7 +83,7 @@ class ConfigApplier:
             log_event(log, "config", f"config: {where or self._source.local_path} ({why}): "
                       f"{detail}", result=detail)  # fmt: skip
             self._source.noted(detail, "")
-            return {"source": where, "changed": [], "keys": []}
+            return {"source": where, "changed": [], "keys": [], "fetch": built.note}
         described = describe_changes(plan.changes)
         log_event(log, "config", f"config: {where} ({why}) applied: {described}",
                   result="applied", changed=",".join(plan.tables), keys=described)  # fmt: skip

@@ -66,8 +66,10 @@ _IDLE_POLL_MS = 100
 _BUSY_WINDOW_S = 0.06
 #: A worker silent this long is named in the log (the watchdog is no longer pinged).
 _STUCK_AFTER_S = 10.0
-#: How long `phoned resync` waits for the fetch (5 s at most) and the apply.
-_RESYNC_TIMEOUT_S = 8.0
+#: How long `phoned resync` waits for the fetch (5 s at most) and the apply (the CLI
+#: waits 15 s), and how long the worker waits for this thread to apply.
+_RESYNC_TIMEOUT_S = 10.0
+_APPLY_TIMEOUT_S = 3.0
 
 
 class Supervisor:
@@ -228,7 +230,7 @@ class Supervisor:
             finally:
                 self._publish_status()  # the flash, the new BLF keys, the config section
 
-        return self._work.submit("apply", run, timeout_s=_RESYNC_TIMEOUT_S)
+        return self._work.submit("apply", run, timeout_s=_APPLY_TIMEOUT_S)
 
     def _on_check_sync(self, event: CheckSyncReceived) -> None:
         """SPEC §7 Force Update: fetch and apply (off this thread), or restart."""
