@@ -301,6 +301,33 @@ def test_point_to_a_server_without_a_peer_takes_routes_out_of_the_tunnel(
         vpn.stop()
 
 
+def test_reconfigure_applies_peers_and_routes_by_difference(
+    vpn: WireGuardVpn, topo: Topology
+) -> None:
+    """SPEC §7: `[vpn]` changed live: the backup's peer leaves and comes back, `routes`
+    grows, the primary's session is never touched; a new address needs a new tunnel."""
+    vpn.start(P)
+    poll_until(lambda: handshakes(vpn)["primary"] is not None, timeout_s=WAIT_S)
+    primary_key, backup_key = topo.pbx[P].public_key, topo.pbx[B].public_key
+    before = handshakes(vpn)["primary"]
+
+    assert vpn.reconfigure(vpn_settings(topo, backup=None, routes=(*ROUTES, "198.18.101.0/24")))
+    allowed = wg_allowed_ips(topo, vpn.ifname)
+    assert set(allowed) == {primary_key}
+    assert allowed[primary_key] == {"198.18.1.0/24", "198.18.100.0/24", "198.18.101.0/24"}
+    assert our_routes(topo) == ["198.18.1.0/24", "198.18.100.0/24", "198.18.101.0/24"]
+    assert who_answers(topo, SHARED_IP) == "pbx1"
+    assert handshakes(vpn)["primary"] == before  # the session went on: same handshake
+
+    assert vpn.reconfigure(vpn_settings(topo))
+    assert set(wg_allowed_ips(topo, vpn.ifname)) == {primary_key, backup_key}
+    assert our_routes(topo) == ["198.18.1.0/24", "198.18.100.0/24", "198.18.2.0/24"]
+    assert who_answers(topo, "198.18.2.1") == "pbx2"
+
+    assert not vpn.reconfigure(vpn_settings(topo, address="198.18.0.3/32"))
+    assert our_routes(topo) == ["198.18.1.0/24", "198.18.100.0/24", "198.18.2.0/24"]
+
+
 def test_stop_removes_routes_interface_and_wireguard_go(vpn: WireGuardVpn, topo: Topology) -> None:
     vpn.start(B)
     pid = vpn.status()["wireguard_go_pid"]
