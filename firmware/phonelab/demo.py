@@ -1,41 +1,41 @@
 """`phoned demo` (SPEC §8): the phone against two Kamailio PBXs on loopback.
 
-Owns: the demo's story — start a primary and a backup PBX, start the phone as a child
-process, stop the primary, watch the failover, bring the primary back, watch the failback —
-and the timeline printed on the terminal. Must not touch: the service's internals; it
-reads only what an installer would: the service's log lines and `phoned status`.
+Owns: the demo's story — start a primary and a backup PBX (and the endpoint manager's
+nginx), start the phone as a child process, stop the primary, watch the failover, bring the
+primary back, watch the failback, then a Force Update and a bad file
+(`phonelab.demo_provisioning`) — and the exit code. The timeline, the display and
+`phoned status` are printed by `phonelab.demo_phone`.
+Must not touch: the service's internals; it reads only what an installer would: the
+service's log lines and `phoned status`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import queue
-import signal
-import subprocess
+import shutil
 import sys
 import tempfile
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-from PIL import Image
-
-from phoned.device.display import to_ansi
-from phoned.logfmt import parse
-from phoned.service import control
-from phoned.service.status import render_text
+from phonelab.demo_phone import PhoneProcess, PhoneStatus, registered
+from phonelab.demo_provisioning import (
+    BLF_KEYS,
+    EXT,
+    ForceUpdate,
+    endpoint_manager,
+    find_phone_file,
+)
 from phonelab.errors import LabError
 from phonelab.kamailio import KamailioPbx
 
 PRIMARY = ("127.0.0.11", 5060)
 BACKUP = ("127.0.0.12", 5060)
 PHONE_PORT = 5062
-_SHOWN = {"use_server", "registration", "service", "probe_failed", "blf", "started"}
 
 CONFIG = """\
 [account]
-username = "1001"
+username = "{ext}"
 password = "demo-secret"
 
 [server]
@@ -52,7 +52,7 @@ sip_keep_alive_interval = {interval}
 local_port = {phone_port}
 
 [blf]
-keys = ["1002", "1003"]
+keys = [{keys}]
 
 [board]
 profile = "emulated"
@@ -60,140 +60,94 @@ profile = "emulated"
 [service]
 control_socket = "{workdir}/control.sock"
 state_dir = "{workdir}"
-"""
-
-
-class PhoneProcess:
-    """`phoned run` as a child process whose log lines arrive on a queue."""
-
-    def __init__(self, config: Path) -> None:
-        argv = [sys.executable, "-m", "phoned", "run", "--config", str(config)]
-        argv += ["--log-level", "debug"]  # every probe sent, for the offsets
-        self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.t0 = time.monotonic()
-        self._attempt_1: dict[tuple[str, str], float] = {}  # (server, cycle) -> when
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stderr or ():
-            self.lines.put(line.rstrip("\n"))
-
-    def wait_for(self, what: Callable[[dict[str, str]], bool], timeout_s: float) -> None:
-        """Print the timeline until a log line matches `what`."""
-        deadline = time.monotonic() + timeout_s
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                line = self.lines.get(timeout=left)
-            except queue.Empty:
-                break
-            fields = parse(line)
-            shown = self._shown(fields, time.monotonic())
-            if shown is not None:
-                print(f"  +{time.monotonic() - self.t0:7.3f} s  {shown or _message(line)}")
-            if what(fields):
-                return
-        raise LabError(f"demo: the phone did not get there within {timeout_s:.0f} s")
-
-    def _shown(self, fields: dict[str, str], now: float) -> str | None:
-        """What the timeline says of a log line: None to skip it, "" for its message."""
-        event = fields.get("event")
-        if event == "probe_sent":
-            key = (fields.get("server", ""), fields.get("cycle", ""))
-            if fields.get("attempt") == "1":
-                self._attempt_1[key] = now
-                return None
-            offset_ms = (now - self._attempt_1.get(key, now)) * 1000
-            return f"probe: OPTIONS #{fields.get('attempt')} to {key[0]} at +{offset_ms:.0f} ms"
-        if event == "cycle":
-            return "" if fields.get("up") == "false" else None
-        return "" if event in _SHOWN else None
-
-    def stop(self) -> int:
-        """SIGTERM, and the exit code."""
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-
-def _message(line: str) -> str:
-    text = line.split(": ", 1)[-1] if " phoned" in line else line
-    return text.split(" event=", 1)[0]
-
-
-def _registered(server: str) -> Callable[[dict[str, str]], bool]:
-    return lambda f: (
-        f.get("event") == "registration"
-        and f.get("state") == "registered"
-        and (f.get("server") == server)
-    )
+{provisioning}"""
 
 
 def run_demo(interval_s: int = 2) -> int:
-    """Run the whole story; 0 when the phone failed over and back as it should."""
+    """Run the whole story; 0 when the phone failed over and back as it should (and, where
+    the machine allows a Force Update, applied the new file and rejected the bad one)."""
     workdir = Path(tempfile.mkdtemp(prefix="phoned-demo-"))
     primary = KamailioPbx("primary", *PRIMARY, workdir=workdir, presence=True)
     backup = KamailioPbx("backup", *BACKUP, workdir=workdir, presence=True)
+    force = _force_update(workdir, interval_s)
     config = workdir / "phoned.toml"
-    config.write_text(
-        CONFIG.format(
-            primary=PRIMARY[0],
-            primary_port=PRIMARY[1],
-            backup=BACKUP[0],
-            backup_port=BACKUP[1],
-            interval=interval_s,
-            phone_port=PHONE_PORT,
-            workdir=workdir,
-        )
-    )
+    config.write_text(_config_text(workdir, interval_s, force))
     os.chmod(config, 0o600)
     print(f"demo: PBXs primary {PRIMARY[0]} and backup {BACKUP[0]} (Kamailio) on loopback")
-    with primary, backup:  # both started here, stopped on the way out
-        phone = PhoneProcess(config)
-        try:
-            _story(phone, primary, interval_s, str(workdir / "control.sock"))
-        finally:
-            code = phone.stop()
+    try:
+        with primary, backup, contextlib.ExitStack() as servers:  # all stopped on the way out
+            if force is not None:
+                force.publish_boot_file()
+                force.prov.start()
+                servers.callback(force.prov.stop)
+            code = _run_phone(config, primary, force, interval_s)
+    except LabError as exc:
+        print(f"demo: {exc} (the PBXs' and nginx's logs are in {workdir})", file=sys.stderr)
+        return 1
     frames = sorted((workdir / "frames").glob("frame-*.png"))
     print(f"demo: phone stopped (exit {code}); its display's {len(frames)} frames are PNGs in")
     print(f"      {workdir / 'frames'} (logs in {workdir})")
     return 0 if code == 0 else 1
 
 
-def _story(phone: PhoneProcess, primary: KamailioPbx, interval_s: int, sock: str) -> None:
+def _force_update(workdir: Path, interval_s: int) -> ForceUpdate | None:
+    """The Force Update part, or None (and why) where this machine cannot show it."""
+    file = find_phone_file()
+    if file is None:
+        print("demo: this machine has no network interface with a MAC address (only lo?),")
+        print("      which the phone's file is named after: the Force Update is left out")
+        return None
+    if shutil.which("nginx") is None:
+        print("demo: nginx is not installed (`make deps`): the Force Update is left out")
+        return None
+    return ForceUpdate(endpoint_manager(workdir / "nginx"), file, interval_s)
+
+
+def _config_text(workdir: Path, interval_s: int, force: ForceUpdate | None) -> str:
+    return CONFIG.format(
+        ext=EXT,
+        primary=PRIMARY[0],
+        primary_port=PRIMARY[1],
+        backup=BACKUP[0],
+        backup_port=BACKUP[1],
+        interval=interval_s,
+        phone_port=PHONE_PORT,
+        keys=", ".join(f'"{key}"' for key in BLF_KEYS),
+        workdir=workdir,
+        provisioning="" if force is None else "\n" + force.config_section(),
+    )
+
+
+def _run_phone(
+    config: Path, primary: KamailioPbx, force: ForceUpdate | None, interval_s: int
+) -> int:
+    """Start the phone, tell the story, stop the phone; its exit code."""
+    phone = PhoneProcess(config)
+    status = PhoneStatus(str(config.parent / "control.sock"))
+    try:
+        _story(phone, primary, interval_s, status)
+        if force is not None:
+            force.apply(phone, primary, status)
+            force.reject(phone, primary, status)
+        print("\ndemo: done; stopping")
+    finally:
+        code = phone.stop()
+    return code
+
+
+def _story(phone: PhoneProcess, primary: KamailioPbx, interval_s: int, status: PhoneStatus) -> None:
     budget = interval_s * 3 + 10
     print("demo: phone starting")
-    phone.wait_for(_registered("primary"), budget)
+    phone.wait_for(registered("primary"), budget)
     phone.wait_for(lambda f: f.get("event") == "cycle" and f.get("server") == "backup", budget)
-    _show_phone(sock, "the phone on its primary PBX")
+    status.show("the phone on its primary PBX")
     print("\ndemo: >>> stopping the primary PBX")
     primary.stop()
-    phone.wait_for(_registered("backup"), budget)
-    _show_phone(sock, "failed over: the phone on the BACKUP")
+    phone.wait_for(registered("backup"), budget)
+    status.show("failed over: the phone on the BACKUP")
     print("\ndemo: >>> starting the primary PBX again")
     primary.start()
-    phone.wait_for(_registered("primary"), budget)
+    phone.wait_for(registered("primary"), budget)
     phone.wait_for(lambda f: f.get("event") == "registration" and f.get("server") == "backup", 5)
-    _show_phone(sock, "failed back: the phone on its primary again")
-    print("\ndemo: failed over and back; stopping")
-
-
-def _show_phone(sock: str, title: str) -> None:
-    """The phone's display as it is now (its last PNG frame, drawn in the terminal), and
-    what `phoned status` says."""
-    status = control.request(sock, "status")
-    print(f"\n  --- {title} ---")
-    frame = status.get("device", {}).get("last_frame")
-    if frame and sys.stdout.isatty():
-        with Image.open(frame) as image:
-            print(to_ansi(image.convert("RGB")))
-    elif frame:
-        print(f"    (display frame: {frame})")
-    print(_indent(render_text(status)))
-
-
-def _indent(text: str) -> str:
-    return "\n".join("    " + line for line in text.splitlines())
+    status.show("failed back: the phone on its primary again")
+    print("\ndemo: failed over and back")

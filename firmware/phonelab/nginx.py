@@ -11,8 +11,9 @@ any other nginx (ours is stopped by PID only).
 
 What it serves, with nginx's defaults for static files: `ETag` (`"<mtime hex>-<size hex>"`)
 and `Last-Modified`; an `If-None-Match` or `If-Modified-Since` that matches gets 304. HTTP
-on port 80; with `tls`, HTTPS (TLSv1.2+) on 443 with that lab-CA certificate; with
-`users`, basic auth on `auth_location` (401 without or with wrong credentials).
+on port 80 (or `port`: the loopback demo takes a free one when 80 is not its to take); with
+`tls`, HTTPS (TLSv1.2+) on 443 with that lab-CA certificate; with `users`, basic auth on
+`auth_location` (401 without or with wrong credentials).
 nginx's ETag counts the mtime in whole seconds, so `publish()` moves a republished file's
 mtime at least one second past the old one: every publish is a new ETag and a later
 Last-Modified, as a real "Rebuild Configs" gives.
@@ -94,11 +95,12 @@ def render_nginx_conf(
     tls: TlsFiles | None = None,
     auth_location: str | None = None,
     as_root: bool = True,
+    port: int = HTTP_PORT,
 ) -> str:
     """The whole nginx config: root `workdir/root`, everything else under `workdir` too."""
     w = Path(workdir)
     temps = "\n".join(f"    {name}_temp_path {w / 'tmp' / name};" for name in _TEMP_DIRS)
-    listen = [f"listen {host}:{HTTP_PORT};"]
+    listen = [f"listen {host}:{port};"]
     if tls is not None:
         listen += [f"listen {host}:{HTTPS_PORT} ssl;", f"ssl_certificate {tls.cert};",
                    f"ssl_certificate_key {tls.key};", "ssl_protocols TLSv1.2 TLSv1.3;"]  # fmt: skip
@@ -165,6 +167,7 @@ class NginxServer(LabProcess):
         tls: TlsFiles | None = None,
         users: Mapping[str, str] | None = None,
         auth_location: str = "/",
+        port: int = HTTP_PORT,
     ) -> None:
         """Args:
         netns: namespace to run in (the lab's `prov` role); None for the current one.
@@ -173,8 +176,9 @@ class NginxServer(LabProcess):
         tls: also serve HTTPS on 443 with these files (a certificate naming `host`).
         users: username -> password for basic auth on `auth_location`; None: no auth.
         auth_location: the nginx prefix location that asks for credentials ("/": all).
+        port: the HTTP port (80; a high one where 80 is privileged or taken).
         """
-        self.netns, self.host = netns, host
+        self.netns, self.host, self.port = netns, host, port
         self.workdir = Path(workdir)
         self.tls = tls
         self.users = dict(users) if users is not None else None
@@ -185,25 +189,29 @@ class NginxServer(LabProcess):
         self.access_log = self.workdir / "access.log"
 
     def url(self, scheme: str = "http") -> str:
-        """The base URL (no trailing slash), e.g. `http://192.0.2.40`.
+        """The base URL (no trailing slash), e.g. `http://192.0.2.40` (`:<port>` when the
+        HTTP port is not 80).
 
         Raises:
             LabError: an unknown scheme, or https without `tls`.
         """
         if scheme not in ("http", "https") or (scheme == "https" and self.tls is None):
             raise LabError(f"nginx: no {scheme} on this server")
+        if scheme == "http" and self.port != HTTP_PORT:
+            return f"http://{self.host}:{self.port}"
         return f"{scheme}://{self.host}"
 
     def start(self, timeout_s: float = 5.0) -> None:
         """Write the config, start nginx and wait until it answers over HTTP.
 
         Raises:
-            LabError: already running, port 80 taken, nginx exited, or no answer in time.
+            LabError: already running, its HTTP port taken, nginx exited, or no answer in
+                time.
         """
         if self.running:
             raise LabError(f"nginx: already running (pid {self.pid})")
-        if self._answers_tcp(HTTP_PORT):
-            raise LabError(f"nginx: something already answers on {self.host}:{HTTP_PORT}")
+        if self._answers_tcp(self.port):
+            raise LabError(f"nginx: something already answers on {self.host}:{self.port}")
         self._write_files()
         argv = ["nginx", "-p", str(self.workdir), "-c", str(self.conf_path), "-e", "stderr"]
         self._spawn(argv)
@@ -226,7 +234,7 @@ class NginxServer(LabProcess):
         self.conf_path.write_text(
             render_nginx_conf(
                 self.workdir, self.host, tls=self.tls, auth_location=auth_location,
-                as_root=os.geteuid() == 0,
+                as_root=os.geteuid() == 0, port=self.port,
             )
         )  # fmt: skip
 
