@@ -49,12 +49,15 @@ arm64: $(IMAGE)
 bench: deps
 	$(BIN)/python scripts/bench-failover
 	$(BIN)/python scripts/bench-grid
+	$(BIN)/python scripts/bench-provisioning
 
 $(STAMP)/apt: Makefile
 	@mkdir -p $(STAMP)
 	@if [ "$$(id -u)" != 0 ]; then echo "make: run as root (apt-get, network namespaces)"; exit 1; fi
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES)
+	# the lab runs its own nginx and Kamailio in namespaces: not the packages' services
+	-systemctl disable --now nginx.service >/dev/null 2>&1
 	@touch $@
 
 $(STAMP)/venv: setup.cfg pyproject.toml Makefile

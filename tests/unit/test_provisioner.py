@@ -162,3 +162,20 @@ def test_no_url_means_no_timer() -> None:
     clock.advance(1000.0)
     assert not deliver.entered.wait(1.2)  # more than one turn of the loop
     worker.stop()
+
+
+def test_busy_from_the_request_until_the_apply_is_done(parts: Any) -> None:
+    worker, _source, deliver, _clock, _beats = parts
+    assert not worker.busy
+    deliver.hold.clear()
+    worker.request("check-sync")
+    assert worker.busy  # at once: the main loop polls pjsua2 briskly for the apply
+    assert deliver.entered.wait(5)
+    assert worker.busy
+    deliver.hold.set()
+    poll_deadline = threading.Event()
+    for _ in range(200):  # the round ends right after the delivery returns
+        if not worker.busy:
+            break
+        poll_deadline.wait(0.01)
+    assert not worker.busy

@@ -67,6 +67,7 @@ class DeviceOutput:
             "leds": self._panel.state(),
             "frames": len(frames),
             "last_frame": str(frames[-1]) if frames else None,
+            "flash": self._last.flash if self._last is not None else None,
         }
 
     def close(self) -> None:

@@ -20,7 +20,6 @@ from phoned.config.changes import describe_changes
 from phoned.config.loader import SettingsError
 from phoned.core.events import UseServer
 from phoned.logfmt import log_event
-from phoned.service.commands import CommandError
 from phoned.service.configsource import Built, ConfigSource
 from phoned.service.wiring import Phone
 
@@ -56,14 +55,11 @@ class ConfigApplier:
         self.restart_for: str | None = None
 
     def deliver(self, built: Built | SettingsError, why: str) -> dict[str, Any]:
-        """Apply `built`, or report its rejection; the reply of `phoned resync`.
-
-        Raises:
-            CommandError: the settings were rejected (every reason, file:line first).
-        """
+        """Apply `built`, or report its rejection; the reply of `phoned resync`: for a
+        rejection `{"error": <every reason, file:line first>}` (logged here, once)."""
         if isinstance(built, SettingsError):
             self._reject(built, why)
-            raise CommandError(str(built)) from built
+            return {"error": str(built)}
         return self._apply(built, why)
 
     def _reject(self, exc: SettingsError, why: str) -> None:
@@ -78,6 +74,9 @@ class ConfigApplier:
         applied = self._phone.apply(built.settings)
         plan = applied.plan
         where = self._source.report.url if built.fetched else self._source.local_path
+        if plan.empty and built.note not in ("fetched", "not modified", "local"):
+            # the fetch failed: ConfigSource logged it and reported it (unreachable)
+            return {"source": where, "changed": [], "keys": [], "fetch": built.note}
         if plan.empty:
             detail = "not modified" if built.note == "not modified" else "no change"
             log_event(log, "config", f"config: {where or self._source.local_path} ({why}): "

@@ -105,8 +105,8 @@ class ConfigSource:
         self.report = ConfigReport("local")
 
     # -- boot --------------------------------------------------------------------------
-    def boot(self) -> Settings:
-        """The settings to start with (SPEC §7 "Boot").
+    def boot(self, timeout_s: float = FETCH_TIMEOUT_S) -> Settings:
+        """The settings to start with (SPEC §7 "Boot"), the fetch given `timeout_s`.
 
         Raises:
             SettingsError: the local file itself is invalid: the phone cannot start.
@@ -116,7 +116,7 @@ class ConfigSource:
             return local
         self._kept = self._load_kept(local)
         try:
-            built = self.refresh()
+            built = self.refresh(timeout_s)
         except SettingsError as exc:
             log_event(log, "config", f"config: provisioning file rejected at boot: {exc}",
                       level=logging.WARNING, result="rejected", reason=str(exc))  # fmt: skip
@@ -124,6 +124,10 @@ class ConfigSource:
         if built.fetched is not None:
             self.keep(built)
             self.noted("applied", "at boot")
+            log_event(log, "config", f"config: {built.fetched.url} (boot) applied over "
+                      f"{self.local_path}", result="applied", at="boot")  # fmt: skip
+        elif built.note == "not modified" and self._kept is not None:  # 304: the kept file
+            self._set_report("local + provisioned", self._kept, "not modified", "at boot")
         return built.settings
 
     def _fallback(self, local: Settings, result: str, why: str) -> Settings:
@@ -148,7 +152,7 @@ class ConfigSource:
             return None
 
     # -- refresh -----------------------------------------------------------------------
-    def refresh(self) -> Built:
+    def refresh(self, timeout_s: float = FETCH_TIMEOUT_S) -> Built:
         """The local file re-read and the provisioning file fetched (conditionally) and
         laid over it, validated as a whole (Rule 1). A failed fetch falls back on the
         last good file (Rule 2).
@@ -163,7 +167,7 @@ class ConfigSource:
             return Built(local, None, "local")
         url = file_url(prov.url, self._mac_of(prov.mac_interface))
         try:
-            result = self._get(local, url)
+            result = self._get(local, url, timeout_s)
         except ProvisioningError as exc:
             log_event(log, "config", f"config: {exc} -> keeping what is in force",
                       level=logging.WARNING, result="unreachable", reason=str(exc))  # fmt: skip
@@ -179,7 +183,7 @@ class ConfigSource:
                                   at=self._wall())  # fmt: skip
             raise
 
-    def _get(self, local: Settings, url: str) -> FetchResult:
+    def _get(self, local: Settings, url: str, timeout_s: float) -> FetchResult:
         prov = local.provisioning
         kept = self._kept if self._kept is not None and self._kept.url == url else None
         return self._fetch(
@@ -189,7 +193,7 @@ class ConfigSource:
             password=prov.password,
             etag=kept.etag if kept else "",
             last_modified=kept.last_modified if kept and not kept.etag else "",
-            timeout_s=FETCH_TIMEOUT_S,
+            timeout_s=timeout_s,
         )
 
     def _layer(self, kept: LastGood) -> Settings:

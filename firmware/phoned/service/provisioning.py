@@ -68,7 +68,14 @@ class Provisioner:
         self._inbox: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="provisioning", daemon=True)
         self._next_timer_at = float("inf")
+        self._busy = threading.Event()
         self.fetches = 0  #: fetch-and-apply rounds run
+
+    @property
+    def busy(self) -> bool:
+        """A fetch is asked for or under way: its apply will come to the main thread soon
+        (which then polls pjsua2 briskly, SPEC §9: response -> applied within 50 ms)."""
+        return self._busy.is_set()
 
     def start(self) -> None:
         """Start the thread."""
@@ -89,6 +96,7 @@ class Provisioner:
     def request(self, why: str) -> None:
         """Fetch and apply soon (thread-safe, does not wait): a check-sync."""
         self._inbox.put(_Request(why))
+        self._busy.set()
 
     def resync(self, timeout_s: float) -> dict[str, Any]:
         """Fetch and apply now and wait for the outcome (`phoned resync`).
@@ -98,6 +106,7 @@ class Provisioner:
         """
         item = _Request("resync")
         self._inbox.put(item)
+        self._busy.set()
         if not item.done.wait(timeout_s):
             raise PhonedError(f"resync: no outcome within {timeout_s:.0f} s")
         if item.error:
@@ -114,6 +123,7 @@ class Provisioner:
                 first = self._inbox.get(timeout=wait_s)
             except queue.Empty:
                 if self._clock.now() >= self._next_timer_at:
+                    self._busy.set()
                     self._round([_Request("timer")])
                 continue
             if first is None:
@@ -139,6 +149,9 @@ class Provisioner:
         for item in batch:
             item.result, item.error = result, error
             item.done.set()
+        self._busy.clear()
+        if not self._inbox.empty():  # asked again meanwhile
+            self._busy.set()
         self._schedule_timer()
 
     def _fetch_and_apply(self, why: str) -> dict[str, Any]:

@@ -235,8 +235,10 @@ def _server_dict(address: tuple[str, int], status: ServerStatus) -> dict[str, An
 
 def render_text(snapshot: dict[str, Any]) -> str:
     """`phoned status` without --json: a few lines a person reads at a glance."""
+    flash = (snapshot.get("device") or {}).get("flash")
+    shown = f"config {flash} (flashing; then {snapshot['display']['top_line']})" if flash else ""
     lines = [
-        f"display:  {snapshot['display']['top_line']}",
+        f"display:  {shown or snapshot['display']['top_line']}",
         f"active:   {snapshot['active']}   service: {snapshot['service']}"
         f"   cycle: {snapshot['cycle'] if snapshot['cycle'] is not None else '-'}",
     ]

@@ -59,7 +59,8 @@ log = logging.getLogger("phoned")
 
 #: pjsua2 event-loop slices. pjsua2 cannot be woken from another thread, so the loop polls:
 #: briskly just after each deadline of the core (when UseServer may be queued: SPEC §9 wants
-#: the REGISTER out within 50 ms), lazily otherwise (idle CPU < 1 %, SPEC §9). SIP traffic
+#: the REGISTER out within 50 ms) and while a provisioning fetch runs (its apply comes to
+#: this thread), lazily otherwise (idle CPU < 1 %, SPEC §9). SIP traffic
 #: itself wakes the loop at once whatever the slice.
 _BUSY_POLL_MS = 3
 _IDLE_POLL_MS = 100
@@ -188,7 +189,7 @@ class Supervisor:
     def _poll_ms(self) -> int:
         monitor = self.phone.monitor
         now = self._clock.now()
-        if now - monitor.last_deadline_at < _BUSY_WINDOW_S:
+        if now - monitor.last_deadline_at < _BUSY_WINDOW_S or self._provisioner.busy:
             return _BUSY_POLL_MS
         deadline = monitor.next_deadline_at
         if deadline is None:
@@ -230,7 +231,10 @@ class Supervisor:
             finally:
                 self._publish_status()  # the flash, the new BLF keys, the config section
 
-        return self._work.submit("apply", run, timeout_s=_APPLY_TIMEOUT_S)
+        reply = self._work.submit("apply", run, timeout_s=_APPLY_TIMEOUT_S)
+        if "error" in reply:  # rejected: the applier logged it; `phoned resync` says it
+            raise PhonedError(reply["error"])
+        return reply
 
     def _on_check_sync(self, event: CheckSyncReceived) -> None:
         """SPEC §7 Force Update: fetch and apply (off this thread), or restart."""

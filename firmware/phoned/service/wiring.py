@@ -16,7 +16,7 @@ import logging
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from phoned.clock import Clock
 from phoned.config.live import LiveSettings
@@ -26,7 +26,6 @@ from phoned.core.failover import FailoverPolicy
 from phoned.core.policy import PolicySettings
 from phoned.device.output import DeviceOutput
 from phoned.net.apps import PhoneApps
-from phoned.net.vpn import WireGuardVpn
 from phoned.probe.matching import ProbeTarget
 from phoned.probe.resolve import make_prober
 from phoned.service.changeplan import ChangePlan, plan_changes
@@ -43,6 +42,9 @@ from phoned.service.targets import (
 )
 from phoned.service.watchdog import Heartbeats
 from phoned.sip.stack import PjsuaStack, SipEvent, SipIdentity
+
+if TYPE_CHECKING:
+    from phoned.net.vpn import WireGuardVpn
 
 log = logging.getLogger("phoned")
 
@@ -105,11 +107,7 @@ class Phone:
         self.sip = build_sip_stack(settings, hooks.on_sip_event)
         self.apps = PhoneApps(live)
         self.board.set_apps(self.apps.point_to(Server.PRIMARY))
-        self.vpn = (
-            WireGuardVpn(settings.vpn, state_dir=settings.service.state_dir)
-            if settings.vpn.enabled
-            else None
-        )
+        self.vpn = build_vpn(settings) if settings.vpn.enabled else None
         self.switch = Switch(self.sip, self.apps, self.vpn)
         self.heartbeats = Heartbeats(clock, WORKERS)
         self.monitor = self._build_monitor(settings, hooks)
@@ -126,6 +124,8 @@ class Phone:
         policy = policy_settings(settings)
         # SPEC §1: start_0 at random within the first interval, so phones do not align.
         first_cycle_delay_s = random.uniform(0.0, policy.interval_s)  # noqa: S311 - not secret
+        log.info("keepalive: first cycle in %.0f ms (random, SPEC §1), then every %g s",
+                 first_cycle_delay_s * 1000, policy.interval_s)  # fmt: skip
         prober = make_prober(
             probe_targets(self.targets),
             transport=settings.server.transport,
@@ -203,6 +203,14 @@ class Phone:
 def probe_targets(targets: Mapping[Server, ServerTargets]) -> dict[Server, ProbeTarget]:
     """Each server's probe target, as the prober wants them."""
     return {role: t.probe for role, t in targets.items()}
+
+
+def build_vpn(settings: Settings) -> WireGuardVpn:
+    """The `[vpn]` tunnel (not started). pyroute2 and wireguard_tools load only here, when
+    the VPN is on: a quarter of a second of start-up that a phone without one never pays."""
+    from phoned.net.vpn import WireGuardVpn  # noqa: PLC0415 - see above
+
+    return WireGuardVpn(settings.vpn, state_dir=settings.service.state_dir)
 
 
 def register_expires(settings: Settings) -> int:
