@@ -120,8 +120,8 @@ def move_rows(runs: Sequence[MoveUpdate]) -> list[Metric]:
 
 def boot_rows(runs: Sequence[BootRun], *, prov_up: bool) -> list[Metric]:
     """Spawn -> probing starts (the first OPTIONS less SPEC §1's random first-cycle
-    offset; issue 11: 1 s with the server up, 5.5 s down), and the steps on the way: the boot fetch's SYN, the core's start (first REGISTER), the first
-    cycle's random offset (SPEC §1: within the first interval)."""
+    offset; issue 11: 1 s with the server up, 5.5 s down), and the steps on the way: the
+    boot fetch's SYN, the core's start (first REGISTER), the raw first OPTIONS."""
     timings = [r.timing for r in runs]
 
     def ms(pick: Callable[[BootTiming], float | None]) -> tuple[float, ...]:
