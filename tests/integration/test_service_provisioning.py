@@ -98,7 +98,7 @@ def test_boot_fetches_the_file_and_force_update_applies_a_new_one_live(
 
     etag = prov.publish(PHONE_FILE, provisioned(interval=4, keys=("1003",)))
     assert primary.send_check_sync("1001") == 200
-    applied = phone.wait_event("config", 5, result="applied")
+    applied = phone.wait_event("config", 5, result="applied", changed="redundancy,blf")
     assert "redundancy.sip_keep_alive_interval 2 -> 4" in applied["keys"]
     assert 'blf.keys ["1002"] -> ["1003"]' in applied["keys"]
     applied_at = max(p.ts for p in capture_phone.packets())

@@ -21,7 +21,7 @@ from phoned.config.loader import SettingsError
 from phoned.core.events import UseServer
 from phoned.logfmt import log_event
 from phoned.service.configsource import Built, ConfigSource
-from phoned.service.wiring import Phone
+from phoned.service.wiring import Phone, Prepared
 
 log = logging.getLogger("phoned")
 
@@ -54,13 +54,16 @@ class ConfigApplier:
         #: why the service must re-exec, once no call is up; None: it need not
         self.restart_for: str | None = None
 
-    def deliver(self, built: Built | SettingsError, why: str) -> dict[str, Any]:
-        """Apply `built`, or report its rejection; the reply of `phoned resync`: for a
-        rejection `{"error": <every reason, file:line first>}` (logged here, once)."""
+    def deliver(
+        self, built: Built | SettingsError, why: str, prepared: Prepared | None = None
+    ) -> dict[str, Any]:
+        """Apply `built` (`prepared`: its names already looked up, `Phone.prepare`), or
+        report its rejection; the reply of `phoned resync`: for a rejection
+        `{"error": <every reason, file:line first>}` (logged here, once)."""
         if isinstance(built, SettingsError):
             self._reject(built, why)
             return {"error": str(built)}
-        return self._apply(built, why)
+        return self._apply(built, why, prepared)
 
     def _reject(self, exc: SettingsError, why: str) -> None:
         where = self._source.report.url or self._source.local_path
@@ -70,8 +73,8 @@ class ConfigApplier:
         self._source.noted("rejected", reason)
         self._start_flash("rejected")
 
-    def _apply(self, built: Built, why: str) -> dict[str, Any]:
-        applied = self._phone.apply(built.settings)
+    def _apply(self, built: Built, why: str, prepared: Prepared | None) -> dict[str, Any]:
+        applied = self._phone.apply(prepared if prepared is not None else built.settings)
         plan = applied.plan
         where = self._source.report.url if built.fetched else self._source.local_path
         if plan.empty and built.note not in ("fetched", "not modified", "local"):

@@ -86,7 +86,6 @@ class Supervisor:
         self._work = MainThreadWork()
         self._stop = threading.Event()
         self._ready = False
-        self._answered: dict[Server, tuple[str, int]] = {}  #: from the core's verdicts
         self._stuck_logged: set[str] = set()
         self._vpn_status_at = float("-inf")
         #: True when `run()` returned to be re-exec'd (check-sync reboot, a key that
@@ -223,11 +222,13 @@ class Supervisor:
         return self._provisioner.resync(_RESYNC_TIMEOUT_S)
 
     def _deliver(self, built: Built | SettingsError, why: str) -> dict[str, Any]:
-        """From the provisioning worker: apply on this (main) thread and wait."""
+        """From the provisioning worker: names looked up here, then the apply on the main
+        thread; waits for it."""
+        prepared = None if isinstance(built, SettingsError) else self.phone.prepare(built.settings)
 
         def run() -> dict[str, Any]:
             try:
-                return self._applier.deliver(built, why)
+                return self._applier.deliver(built, why, prepared)
             finally:
                 self._publish_status()  # the flash, the new BLF keys, the config section
 
@@ -273,7 +274,7 @@ class Supervisor:
 
     def _use_server(self, action: UseServer) -> None:
         phone = self.phone
-        plan = phone.plan(action, self._answered)
+        plan = phone.plan(action)
         label = phone.targets[action.server].label
         journal.switch(action, self.board.active, label, f"{plan.sip.host}:{plan.sip.port}")
         self.board.set_active(action.server, action.reason)
@@ -297,7 +298,7 @@ class Supervisor:
         self.board.set_cycle(action.cycle, action.verdicts)
         for verdict in action.verdicts:
             if verdict.up and verdict.address is not None:
-                self._answered[verdict.server] = verdict.address
+                self.phone.answered[verdict.server] = verdict.address
             journal.verdict(action.cycle, verdict, self.phone.targets[verdict.server].probe.host)
         self._publish_status()
         self._mark_ready()

@@ -80,6 +80,15 @@ def policy_settings(settings: Settings) -> PolicySettings:
 
 
 @dataclass(frozen=True)
+class Prepared:
+    """New settings with what applying them needs that may block (`Phone.prepare`)."""
+
+    settings: Settings
+    targets: Mapping[Server, ServerTargets]
+    sources: Mapping[Server, tuple[str, ...]]  #: IP addresses calls may come from
+
+
+@dataclass(frozen=True)
 class Applied:
     """What `Phone.apply` did."""
 
@@ -102,6 +111,8 @@ class Phone:
         self.clock = clock
         self.targets = server_targets(settings)
         self._sources = call_sources(self.targets)  # names looked up now, not at a switch
+        #: where each server last answered a probe (the core's verdicts, main thread)
+        self.answered: dict[Server, tuple[str, int]] = {}
         self.board = StatusBoard(self.facts)
         self.board.watch_blf(settings.blf.keys)
         self.sip = build_sip_stack(settings, hooks.on_sip_event)
@@ -154,12 +165,18 @@ class Phone:
             interval_s=float(settings.redundancy.sip_keep_alive_interval),
         )
 
-    def plan(self, action: UseServer, answered: Mapping[Server, tuple[str, int]]) -> SwitchPlan:
+    def plan(self, action: UseServer) -> SwitchPlan:
         """The switch `action` asks for: where the server answered, and who may call."""
         sip = sip_target(self.targets[action.server], action.address)
-        return SwitchPlan(action.server, sip, with_answers(self._sources, answered))
+        return SwitchPlan(action.server, sip, with_answers(self._sources, self.answered))
 
-    def apply(self, new: Settings) -> Applied:
+    def prepare(self, new: Settings) -> Prepared:
+        """What `apply(new)` needs that may look names up (call sources): on the calling
+        thread, so that the pjsua2 thread never waits for DNS (issue 10)."""
+        targets = server_targets(new)
+        return Prepared(new, targets, call_sources(targets))
+
+    def apply(self, new: Settings | Prepared) -> Applied:
         """Put `new` in force on the running phone (on the main thread: it drives pjsua2).
 
         Each part takes only what concerns it (`changeplan`): redundancy timing and server
@@ -169,9 +186,11 @@ class Phone:
         `Applied.plan.restart` (the caller re-execs). When the server in use moved,
         `Applied.moved` says so: the caller re-registers there.
         """
+        prepared = new if isinstance(new, Prepared) else self.prepare(new)
+        new = prepared.settings
         old = self.live.swap(new)
         plan = plan_changes(old, new)
-        moved = self._retarget(new) if plan.retarget else False
+        moved = self._retarget(prepared) if plan.retarget else False
         if plan.account:
             self.sip.set_account(sip_identity(new), register_expires=register_expires(new))
         if plan.auto_answer:
@@ -190,13 +209,15 @@ class Phone:
             return old.vpn.enabled == new.vpn.enabled and not new.vpn.enabled
         return self.vpn.reconfigure(new.vpn)
 
-    def _retarget(self, new: Settings) -> bool:
-        """New targets for the prober and the core; whether the server in use moved."""
+    def _retarget(self, prepared: Prepared) -> bool:
+        """New targets for the prober and the core, new addresses calls and check-syncs
+        may come from; whether the server in use moved."""
         active = self.board.active
         previous = self.targets.get(active)
-        self.targets = server_targets(new)
-        self._sources = call_sources(self.targets)
-        self.monitor.reconfigure(policy_settings(new), probe_targets(self.targets))
+        self.targets, self._sources = dict(prepared.targets), dict(prepared.sources)
+        self.answered = {s: a for s, a in self.answered.items() if s in self.targets}
+        self.sip.accept_calls_from(with_answers(self._sources, self.answered))
+        self.monitor.reconfigure(policy_settings(prepared.settings), probe_targets(self.targets))
         return active in self.targets and self.targets[active] != previous
 
 
