@@ -14,17 +14,16 @@ import re
 from collections.abc import Callable
 
 from conftest import MakeProv, StartPhone
+from provisioning_helpers import PHONE_FILE, local_settings, subscribed
 from test_service import registered
 
 from phonelab.capture import Capture
 from phonelab.kamailio import KamailioPbx
-from phonelab.netns import PBX1_IP, PHONE_MAC, poll_until
+from phonelab.netns import PBX1_IP, poll_until
 from phonelab.nginx import NginxServer
-from phonelab.phone import RunningPhone, SettingsTables, render_toml, sip_from_phone
+from phonelab.phone import RunningPhone, render_toml, sip_from_phone
 
 MakePbx = Callable[..., KamailioPbx]
-#: The phone's file on the provisioning server (SPEC §7: `<mac>.toml`).
-PHONE_FILE = PHONE_MAC.replace(":", "") + ".toml"
 
 
 def provisioned(interval: int = 2, keys: tuple[str, ...] = ("1002",)) -> str:
@@ -34,29 +33,14 @@ def provisioned(interval: int = 2, keys: tuple[str, ...] = ("1002",)) -> str:
     )
 
 
-def local(prov: NginxServer, users: dict[str, str], **provisioning: object) -> SettingsTables:
-    """The phone's local settings: the lab account, the provisioning server's URL."""
-    return {
-        "account": {"password": users["1001"]},
-        "provisioning": {"url": prov.url(), **provisioning},  # type: ignore[dict-item]
-    }
-
-
 def options_times(capture: Capture, since: float) -> list[float]:
     """When the phone sent each OPTIONS to the primary after `since` (kernel timestamps)."""
     return [p.ts for p in sip_from_phone(capture.packets(), PBX1_IP, "OPTIONS") if p.ts > since]
 
 
-def subscribed(capture: Capture, *, expires_zero: bool = False) -> list[str]:
-    """Extensions (the To user) the phone SUBSCRIBEd to at the primary, or un-SUBSCRIBEd
-    from (Expires: 0: an in-dialog request, whose request URI names no user)."""
-    found = []
-    for packet in sip_from_phone(capture.packets(), PBX1_IP, "SUBSCRIBE"):
-        unsubscribe = b"\r\nExpires: 0\r\n" in packet.payload
-        to = re.search(rb"\r\nTo: <?sip:([^@>;]+)@", packet.payload)
-        if unsubscribe == expires_zero and to is not None:
-            found.append(to.group(1).decode())
-    return found
+def subscribed_at_primary(capture: Capture, *, expires_zero: bool = False) -> list[str]:
+    """Extensions the phone SUBSCRIBEd to (or un-SUBSCRIBEd from) at the primary."""
+    return subscribed(capture.packets(), PBX1_IP, expires_zero=expires_zero)
 
 
 def dialogs(capture: Capture, ext: str) -> set[bytes]:
@@ -75,7 +59,7 @@ def start(
 ) -> tuple[RunningPhone, KamailioPbx]:
     primary = make_pbx("pbx1", users=users, presence=True)
     make_pbx("pbx2", users=users, presence=True)
-    phone = start_phone(settings=local(prov, users))
+    phone = start_phone(settings=local_settings(prov, users["1001"]))
     registered(phone, "primary")
     return phone, primary
 
@@ -90,7 +74,7 @@ def test_boot_fetches_the_file_and_force_update_applies_a_new_one_live(
     prov = make_prov()
     prov.publish(PHONE_FILE, provisioned(interval=2, keys=("1002",)))
     phone, primary = start(start_phone, make_pbx, pbx_users, prov)
-    poll_until(lambda: "1002" in subscribed(capture_phone), timeout_s=5)
+    poll_until(lambda: "1002" in subscribed_at_primary(capture_phone), timeout_s=5)
     status = phone.status()
     assert status["config"]["source"] == "local + provisioned"
     assert status["config"]["url"] == f"{prov.url()}/{PHONE_FILE}"
@@ -104,8 +88,10 @@ def test_boot_fetches_the_file_and_force_update_applies_a_new_one_live(
     applied_at = max(p.ts for p in capture_phone.packets())
 
     # BLF: the removed key un-SUBSCRIBEd, the new one SUBSCRIBEd, nothing else.
-    poll_until(lambda: "1003" in subscribed(capture_phone), timeout_s=3)
-    poll_until(lambda: "1002" in subscribed(capture_phone, expires_zero=True), timeout_s=3)
+    poll_until(lambda: "1003" in subscribed_at_primary(capture_phone), timeout_s=3)
+    poll_until(
+        lambda: "1002" in subscribed_at_primary(capture_phone, expires_zero=True), timeout_s=3
+    )
     assert len(dialogs(capture_phone, "1002")) == 1  # never re-subscribed: one dialog
     # The grid: every 4 s from the next cycle, no burst of probes (SPEC §7).
     poll_until(lambda: len(options_times(capture_phone, applied_at)) >= 3, timeout_s=14)
