@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from typing import Any, cast
 
@@ -122,6 +123,20 @@ def test_start_uses_primary_and_schedules_first_cycle_after_delay() -> None:
         Service.STARTING,
         -1,
     )
+
+
+def test_the_first_cycle_counts_its_random_offset_from_start_not_from_construction() -> None:
+    """SPEC §1: start_0 within the first interval after start-up. The shell builds the
+    core, then starts pjsua2 (a few hundred ms), then starts the core."""
+    clock = FakeClock(START_S)
+    policy = FailoverPolicy(WITH_BACKUP, clock.now(), 0.5)
+    clock.advance(0.3)
+    policy.start(clock.now())
+    assert policy.next_deadline() == START_S + 0.3 + 0.5
+    timeline = drive(policy, clock, START_S + 0.3 + 0.5 + 3 * WITH_BACKUP.interval_s)
+    starts = sorted({t for t, a in timeline if isinstance(a, SendProbe) and a.attempt == 1})
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert gaps == [WITH_BACKUP.interval_s] * len(gaps)  # no short first gap
 
 
 def test_cycle_start_probes_primary_and_backup_at_the_same_instant() -> None:

@@ -172,6 +172,9 @@ class FailoverPolicy:
         if self._started:
             raise PolicyError("can't start: already started")
         self._started = True
+        # SPEC §1: start_0 within the first interval after start-up, counted from here
+        # (the shell built this core before pjsua2 started: that time is not the grid's)
+        self._anchor_s = now + self._first_delay_s
         self._tick(now)
         actions: list[Action] = [UseServer(Server.PRIMARY, "start")]
         if not self._settings.keepalive:
