@@ -221,7 +221,7 @@ def _failure(exc: OSError | http.client.HTTPException, timeout_s: float, host: s
     reason: str
     match exc:
         case TimeoutError():
-            reason = f"timed out after {float(timeout_s)} s"
+            reason = f"timed out after {timeout_s:.1f} s"
         case ssl.SSLCertVerificationError():
             why = exc.verify_message or exc.reason or "no reason given"
             reason = f"certificate not trusted ({why.rstrip('.')})"
