@@ -177,12 +177,14 @@ def _ask(config_path: str, cmd: str, args: dict[str, object]) -> int:
 
 def _print_resync(result: dict[str, Any]) -> int:
     """What `phoned resync` did; exit 1 when the provisioning file could not be fetched."""
+    fetch = str(result.get("fetch", ""))
+    fetched = fetch in ("", "fetched", "not modified", "local")
     changed = ", ".join(result.get("changed") or []) or "nothing changed"
-    print(f"{result.get('source')}: applied ({changed})")
+    if fetched or result.get("changed"):  # the local file may have changed all the same
+        print(f"{result.get('source')}: applied ({changed})")
     for key in result.get("keys") or []:
         print(f"  {key}")
-    fetch = str(result.get("fetch", ""))
-    if fetch not in ("", "fetched", "not modified", "local"):
+    if not fetched:
         print(f"phoned: provisioning file not fetched: {fetch}", file=sys.stderr)
         return 1
     return 0

@@ -152,6 +152,7 @@ class Supervisor:
             if phone.vpn is not None:  # SPEC §2: the tunnel first, so SIP travels it
                 phone.vpn.start(Server.PRIMARY)
             phone.sip.start()
+            phone.allow_sources()  # a check-sync may come before the first switch
         except PhonedError:
             phone.control.stop()  # nothing else started yet
             if phone.vpn is not None:

@@ -170,6 +170,11 @@ class Phone:
         sip = sip_target(self.targets[action.server], action.address)
         return SwitchPlan(action.server, sip, with_answers(self._sources, self.answered))
 
+    def allow_sources(self) -> None:
+        """Tell the SIP stack where calls and check-syncs may come from: both servers and
+        their proxies (SPEC §2, §7), from its start, not only from the first switch."""
+        self.sip.accept_calls_from(with_answers(self._sources, self.answered))
+
     def prepare(self, new: Settings) -> Prepared:
         """What `apply(new)` needs that may look names up (call sources): on the calling
         thread, so that the pjsua2 thread never waits for DNS (issue 10)."""
@@ -216,7 +221,7 @@ class Phone:
         previous = self.targets.get(active)
         self.targets, self._sources = dict(prepared.targets), dict(prepared.sources)
         self.answered = {s: a for s, a in self.answered.items() if s in self.targets}
-        self.sip.accept_calls_from(with_answers(self._sources, self.answered))
+        self.allow_sources()
         self.monitor.reconfigure(policy_settings(prepared.settings), probe_targets(self.targets))
         return active in self.targets and self.targets[active] != previous
 
