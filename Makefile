@@ -57,7 +57,7 @@ $(STAMP)/apt: Makefile
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES)
 	# the lab runs its own nginx and Kamailio in namespaces: not the packages' services
-	-systemctl disable --now nginx.service >/dev/null 2>&1
+	systemctl disable --now nginx.service >/dev/null 2>&1 || true
 	@touch $@
 
 $(STAMP)/venv: setup.cfg pyproject.toml Makefile
