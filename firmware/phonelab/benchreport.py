@@ -304,13 +304,24 @@ class Machine:
         )
 
 
-def print_table(table: Sequence[Section]) -> None:
-    """The compact human table."""
+def print_table(
+    table: Sequence[Section],
+    *,
+    bench: str = "bench-failover",
+    budget: str = "SPEC §9",
+    widths: tuple[int, int] = (30, 22),
+) -> None:
+    """The compact human table: `bench`'s name, the budget's source, (metric, target)
+    column widths."""
     box = Machine.here()
     load = " ".join(f"{x:.2f}" for x in box.loadavg)
-    print(f"phoned bench-failover on {box.nproc} cores, Linux {box.kernel} {box.arch}, "
+    print(f"phoned {bench} on {box.nproc} cores, Linux {box.kernel} {box.arch}, "
           f"loadavg {load}")  # fmt: skip
-    header = f"{'metric':30} {'unit':>4} {'median':>9} {'worst':>9}  {'target':22} SPEC §9"
+    name_w, target_w = widths
+    header = (
+        f"{'metric':{name_w}} {'unit':>4} {'median':>9} {'worst':>9}  {'target':{target_w}} "
+        f"{budget}"
+    )
     print(header)
     for title, rows in table:
         print("-" * len(header))
@@ -319,8 +330,8 @@ def print_table(table: Sequence[Section]) -> None:
             summary = summarize(row.values, row.reference)
             verdict = "info" if row.judged_on == "info" else f"{row.verdict()} ({row.judged_on})"
             print(
-                f"{row.name:30} {row.unit:>4} {summary.median:9.2f} {summary.worst:9.2f}  "
-                f"{row.target:22} {verdict}"
+                f"{row.name:{name_w}} {row.unit:>4} {summary.median:9.2f} {summary.worst:9.2f}  "
+                f"{row.target:{target_w}} {verdict}"
             )
 
 

@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
+from phonelab import benchreport
 from phonelab.benchreport import Machine, Metric, Section, at_most, info
 from phonelab.provtiming import BootTiming, CheckSyncTiming
 from phonelab.timing import summarize
@@ -168,22 +169,7 @@ def sections(results: ProvResults) -> list[Section]:
 
 def print_table(table: Sequence[Section]) -> None:
     """The compact human table (bench-failover's layout)."""
-    box = Machine.here()
-    load = " ".join(f"{x:.2f}" for x in box.loadavg)
-    print(f"phoned bench-provisioning on {box.nproc} cores, Linux {box.kernel} {box.arch}, "
-          f"loadavg {load}")  # fmt: skip
-    header = f"{'metric':33} {'unit':>4} {'median':>9} {'worst':>9}  {'target':10} issue 11"
-    print(header)
-    for title, rows in table:
-        print("-" * len(header))
-        print(title)
-        for row in rows:
-            summary = summarize(row.values, row.reference)
-            verdict = "info" if row.judged_on == "info" else f"{row.verdict()} ({row.judged_on})"
-            print(
-                f"{row.name:33} {row.unit:>4} {summary.median:9.2f} {summary.worst:9.2f}  "
-                f"{row.target:10} {verdict}"
-            )
+    benchreport.print_table(table, bench="bench-provisioning", budget="issue 11", widths=(33, 10))
 
 
 def print_json(results: ProvResults, table: Sequence[Section]) -> None:
