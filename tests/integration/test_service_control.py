@@ -73,3 +73,20 @@ def test_an_extension_not_encodable_as_utf8_is_refused_and_the_service_goes_on(
     code, took_s = phone.stop()
     assert code == 0  # SIGTERM still un-REGISTERs and exits cleanly
     assert took_s < 2.5
+
+
+def test_a_second_phoned_run_refuses_to_start_and_the_first_keeps_its_socket(
+    make_pbx: MakePbx, start_phone: StartPhone
+) -> None:
+    """Issue 12: a second `phoned run` with the same settings deleted the running
+    service's control socket ("Address already in use", then the live socket was gone)."""
+    make_pbx("pbx1")
+    make_pbx("pbx2")
+    phone = start_phone()
+    registered(phone, "primary")
+
+    second = phone.cli("run")
+    assert second.returncode == 1, second.stderr
+    assert "phoned is already running (its control socket" in second.stderr
+    assert "Traceback" not in second.stderr
+    still_serving(phone)

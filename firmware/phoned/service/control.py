@@ -16,6 +16,7 @@ import logging
 import os
 import select
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -52,18 +53,19 @@ class ControlServer:
         self._on_beat = on_beat
         self._stop = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()  # stop() wakes the idle thread
+        self._inode = 0
         self._sock = self._listen()
         self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
 
     def _listen(self) -> socket.socket:
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                self._path.unlink()  # a stale socket from a crash
+            _remove_stale(self._path)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.bind(str(self._path))
             os.chmod(self._path, 0o660)
             sock.listen(8)
+            self._inode = self._path.stat().st_ino  # stop() removes this file, no other
         except OSError as exc:
             raise ControlError(f"cannot open control socket {self._path}: {exc}") from exc
         return sock
@@ -87,7 +89,8 @@ class ControlServer:
         for sock in (self._sock, self._wake_r, self._wake_w):
             sock.close()
         with contextlib.suppress(FileNotFoundError):
-            self._path.unlink()
+            if self._path.stat().st_ino == self._inode:  # another service's: not ours
+                self._path.unlink()
 
     def _serve(self) -> None:
         while not self._stop.is_set():
@@ -120,6 +123,31 @@ class ControlServer:
             reply = {"ok": False, "error": f"internal error: {exc}"}
         with contextlib.suppress(OSError):
             conn.sendall(json.dumps(reply).encode() + b"\n")
+
+
+def _remove_stale(path: Path) -> None:
+    """Remove a socket a crashed service left behind; never a live service's socket, never
+    a file that is not a socket.
+
+    Raises:
+        ControlError: `path` is not a socket, or a service answers on it.
+    """
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ControlError(f"{path} exists and is not a socket: not removing it")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            path.unlink(missing_ok=True)  # nobody listens: a crash's leftover
+            return
+        except OSError as exc:
+            raise ControlError(f"{path}: cannot tell whether phoned runs: {exc}") from exc
+    raise ControlError(f"phoned is already running (its control socket {path} answers)")
 
 
 def _decode(line: bytes) -> dict[str, Any]:
