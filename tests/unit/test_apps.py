@@ -8,9 +8,11 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
+from phoned.config.live import LiveSettings
+from phoned.config.loader import parse_settings
 from phoned.config.settings import AppLink
 from phoned.core.events import Server
-from phoned.net.apps import AppError, app_urls, fetch
+from phoned.net.apps import AppError, PhoneApps, app_urls, fetch, shown_url
 
 APPS = (
     AppLink("contacts", "http://203.0.113.10/apps/contacts"),
@@ -90,3 +92,23 @@ def test_an_error_status_or_no_server_is_an_app_error_without_the_password(serve
     assert "secret" not in str(caught.value)
     with pytest.raises(AppError, match="not an http"):
         fetch("x", "file:///etc/passwd")
+
+
+def test_urls_shown_hide_a_password_written_into_them_and_the_fetch_keeps_it() -> None:
+    """Issue 12: credentials in an app URL were shown verbatim in `phoned status`."""
+    settings = parse_settings(
+        '[account]\nusername = "1001"\npassword = "pw"\n[server]\naddress = "203.0.113.10"\n'
+        '[apps]\nadmin = "http://alice:s3cret@203.0.113.10/admin"\n'
+        'contacts = "http://203.0.113.10/apps/contacts"\n',
+        "phoned.toml",
+    )
+    apps = PhoneApps(LiveSettings(settings))
+
+    shown = apps.point_to(Server.PRIMARY)
+
+    assert shown == {
+        "admin": "http://alice:***@203.0.113.10/admin",
+        "contacts": "http://203.0.113.10/apps/contacts",
+    }
+    assert apps.url("admin") == "http://alice:s3cret@203.0.113.10/admin"  # what is fetched
+    assert shown_url("https://bob@pbx/x") == "https://bob@pbx/x"  # no password: as it is

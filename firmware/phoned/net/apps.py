@@ -80,25 +80,25 @@ def fetch(name: str, url: str, timeout_s: float = 5.0) -> AppPage:
         AppError: the server could not be reached, or answered with an error status.
     """
     if urlsplit(url).scheme not in {"http", "https"}:
-        raise AppError(f"app {name}: {url} is not an http(s) URL")
+        raise AppError(f"app {name}: {shown_url(url)} is not an http(s) URL")
     request = urllib.request.Request(url, headers={"User-Agent": "phoned-apps"})  # noqa: S310
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as answer:  # noqa: S310
             return AppPage(
                 name,
-                url,
+                shown_url(url),
                 answer.status,
                 answer.headers.get_content_type(),
                 answer.read(MAX_APP_BYTES),
             )
     except urllib.error.HTTPError as exc:
-        raise AppError(f"app {name}: {_safe(url)} answered {exc.code} {exc.reason}") from exc
+        raise AppError(f"app {name}: {shown_url(url)} answered {exc.code} {exc.reason}") from exc
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise AppError(f"app {name}: cannot fetch {_safe(url)}: {reason}") from exc
+        raise AppError(f"app {name}: cannot fetch {shown_url(url)}: {reason}") from exc
 
 
-def _safe(url: str) -> str:
+def shown_url(url: str) -> str:
     """The URL without a password written into it (nothing secret in messages)."""
     parts = urlsplit(url)
     if parts.password is None:
@@ -120,7 +120,8 @@ class PhoneApps:
         self._urls: dict[str, str] = {}
 
     def point_to(self, server: Server) -> dict[str, str]:
-        """Each app's URL on `server`, now in force (SPEC §2 step 3)."""
+        """Each app's URL on `server`, now in force (SPEC §2 step 3); as shown to people
+        (`phoned status`): a password written into a URL is `***` (SPEC §10)."""
         current = self._settings.get()
         self._urls = app_urls(
             current.apps,
@@ -128,7 +129,7 @@ class PhoneApps:
             current.server.address,
             current.redundancy.backup_destination_address,
         )
-        return dict(self._urls)
+        return {name: shown_url(url) for name, url in self._urls.items()}
 
     def url(self, name: str) -> str | None:
         """The URL of app `name` on the server in use, if configured (any thread)."""
