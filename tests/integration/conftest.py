@@ -15,7 +15,9 @@ proxies 192.0.2.21 in pbx1 and 192.0.2.22 in pbx2):
 - `make_pbx(role, **options)`: a started `KamailioPbx` on the role's address ("pbx1" ->
   192.0.2.11 named "primary", "pbx2" -> 192.0.2.12 named "backup") in its namespace;
   options go to `KamailioPbx` (users=, trusted=, presence=, routes=, record_route=, tcp=,
-  tls=, extensions=, port=, name=). Do not also request `primary`/`backup` for the role.
+  tls=, extensions=, port=, name=); `host=` puts it on another address of the role's
+  host (192.0.2.21 on pbx1, 192.0.2.22 on pbx2). Do not also request `primary`/`backup`
+  for the role.
 - `make_proxy(role, next_hop=None)`: a started `KamailioProxy` on the role's proxy address
   (pbx1 -> 192.0.2.21, pbx2 -> 192.0.2.22), relaying to that role's PBX on 5060 by default.
 - `lab_ca`: a session-wide `CertAuthority`; `lab_ca.issue(name, sans)` gives `TlsFiles`.
@@ -175,11 +177,21 @@ def make_pbx(lab: Lab, tmp_path: Path) -> Iterator[MakePbx]:
     started: list[KamailioPbx] = []
 
     def make(
-        role: str, *, name: str | None = None, port: int = 5060, **options: Any
+        role: str,
+        *,
+        name: str | None = None,
+        port: int = 5060,
+        host: str | None = None,
+        **options: Any,
     ) -> KamailioPbx:
-        host, default_name = _PBX_ADDRESS[role]
+        address, default_name = _PBX_ADDRESS[role]
         pbx = KamailioPbx(
-            name or default_name, host, port, workdir=tmp_path, netns=lab.ns(role), **options
+            name or default_name,
+            host or address,  # another address of the role's host: its proxy's
+            port,
+            workdir=tmp_path,
+            netns=lab.ns(role),
+            **options,
         )
         started.append(pbx)
         pbx.start()

@@ -14,11 +14,8 @@ a second Kamailio where a test moves a server.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
-import pytest
 from conftest import MakeCaller, MakeProv, StartPhone
 from provisioning_helpers import (
     PHONE_FILE,
@@ -56,7 +53,6 @@ from phonelab.netns import (
     PHONE_IP,
     PROXY1_IP,
     PROXY2_IP,
-    Lab,
     poll_until,
 )
 from phonelab.pcap import Packet
@@ -71,30 +67,11 @@ CALL_MS = 10000
 RESTART_S = 15.0
 
 
-@pytest.fixture
-def make_pbx_at(lab: Lab, tmp_path: Path) -> Iterator[MakePbx]:
-    """Factory `make_pbx_at(role, host, name, **options)`: a started KamailioPbx on another
-    address of the role's host (192.0.2.21 on pbx1, 192.0.2.22 on pbx2); options as for
-    `make_pbx`. Stopped after the test."""
-    started: list[KamailioPbx] = []
-
-    def make(role: str, host: str, name: str, **options: Any) -> KamailioPbx:
-        pbx = KamailioPbx(name, host, workdir=tmp_path, netns=lab.ns(role), **options)
-        started.append(pbx)
-        pbx.start()
-        return pbx
-
-    yield make
-    for pbx in started:
-        pbx.stop()
-
-
 # ------------------------------------------------------------------ 1. the backup's address
 
 
 def test_a_new_backup_address_is_probed_from_the_next_cycle(
     make_pbx: MakePbx,
-    make_pbx_at: MakePbx,
     pbx_users: dict[str, str],
     make_prov: MakeProv,
     capture_phone: Capture,
@@ -103,7 +80,7 @@ def test_a_new_backup_address_is_probed_from_the_next_cycle(
     prov = make_prov()
     primary = make_pbx("pbx1", users=pbx_users)
     make_pbx("pbx2", users=pbx_users)
-    moved_to = make_pbx_at("pbx2", PROXY2_IP, "backup-22", users=pbx_users)
+    moved_to = make_pbx("pbx2", host=PROXY2_IP, name="backup-22", users=pbx_users)
     phone = start_phone(settings=local_settings(prov, pbx_users["1001"]))
     registered(phone, "primary")
     pid = phone.proc.pid
@@ -136,7 +113,6 @@ def test_a_new_backup_address_is_probed_from_the_next_cycle(
 
 def test_a_new_primary_address_moves_the_registration_at_once(
     make_pbx: MakePbx,
-    make_pbx_at: MakePbx,
     pbx_users: dict[str, str],
     make_prov: MakeProv,
     capture_phone: Capture,
@@ -144,7 +120,7 @@ def test_a_new_primary_address_moves_the_registration_at_once(
 ) -> None:
     prov = make_prov()
     primary = make_pbx("pbx1", users=pbx_users)
-    moved_to = make_pbx_at("pbx1", PROXY1_IP, "primary-21", users=pbx_users)
+    moved_to = make_pbx("pbx1", host=PROXY1_IP, name="primary-21", users=pbx_users)
     make_pbx("pbx2", users=pbx_users)
     phone = start_phone(settings=local_settings(prov, pbx_users["1001"]))
     registered(phone, "primary")
