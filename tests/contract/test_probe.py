@@ -232,7 +232,13 @@ def test_200_is_an_answer_with_rtt_from_the_clock(
     prober.send(P, cycle=7, attempt=1)
     responder.next_request()
     clock.t += 0.25
-    assert collect(prober, answers(1)) == [ProbeAnswered(P, 7, 1, 200, 250.0)]
+    [answer] = collect(prober, answers(1))
+    assert isinstance(answer, ProbeAnswered)
+    assert answer == ProbeAnswered(P, 7, 1, 200, answer.rtt_ms)
+    assert answer.rtt_ms == pytest.approx(250.0, abs=20.0)
+    # the kernel's stamp is a little older than the read: never newer
+    assert answer.arrived_at is not None
+    assert 100.23 <= answer.arrived_at <= 100.25
     assert prober.unmatched == 0
 
 
@@ -344,7 +350,10 @@ def test_late_answer_to_attempt_1_counts_as_attempt_1(
     responder.next_request()
     clock.t += 0.125
     responder.reply(first, 200)
-    assert collect(prober, answers(1)) == [ProbeAnswered(P, 3, 1, 200, 875.0)]
+    [answer] = collect(prober, answers(1))
+    assert isinstance(answer, ProbeAnswered)
+    assert answer == ProbeAnswered(P, 3, 1, 200, answer.rtt_ms)
+    assert answer.rtt_ms == pytest.approx(875.0, abs=20.0)
 
 
 def test_attempts_of_the_last_two_cycles_are_remembered(
@@ -553,3 +562,20 @@ def test_frozen_kamailio_is_silent_then_its_late_answer_counts(kamailio: Kamaili
         (1, 200),
         (2, 200),
     ]
+
+
+def test_a_reply_read_late_counts_by_its_kernel_arrival_time(responder: Responder) -> None:
+    """SPEC §10: a busy or stalled service reads a reply late; its round trip (and the
+    instant the core judges it at) is when the kernel received it, not when it was read."""
+    with make_prober({P: responder.target}, MonotonicClock()) as subject:
+        subject.send(P, cycle=1, attempt=1)
+        responder.next_request()
+        readable, _, _ = select.select(subject.sockets(), [], [], WAIT_S)
+        assert readable  # the reply is in the kernel now
+        read_late_at = time.monotonic() + 0.3
+        time.sleep(0.3)  # the scenario: the service is busy elsewhere for 300 ms
+        [answer] = subject.receive(readable[0])
+    assert isinstance(answer, ProbeAnswered)
+    assert answer.rtt_ms < 100.0
+    assert answer.arrived_at is not None
+    assert answer.arrived_at < read_late_at - 0.2

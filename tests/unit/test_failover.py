@@ -12,6 +12,7 @@ from fakes import FakeClock
 from phoned.core.events import (
     Action,
     CycleJudged,
+    CycleVoided,
     Event,
     ProbeAnswered,
     ProbeFailed,
@@ -169,6 +170,50 @@ def test_late_deadline_skips_whole_missed_cycles_without_burst() -> None:
     assert phone.policy.on_deadline(late) == []
     assert phone.policy.next_deadline() == T0 + 4 * 10.0
     assert phone.until(T0 + 40.0) == [(T0 + 40.0, SendProbe(P, 4, 1))]
+
+
+def test_a_stall_inside_a_cycle_voids_it_instead_of_sending_its_attempts_in_a_burst() -> None:
+    """SPEC §10: SIGSTOP 15 s between attempt 1 and its 800 ms deadline. On resume the
+    core neither sends attempts 2 and 3 together nor judges the primary down."""
+    phone = failed_over(replace(WITH_BACKUP, interval_s=10.0))
+    t1 = phone.cycle_start(1)
+    phone.until(t1)  # attempt 1 of cycle 1 to both
+    resumed = t1 + 15.0
+    phone.clock.set(resumed)
+    [void] = phone.policy.on_deadline(resumed)
+    assert isinstance(void, CycleVoided)
+    assert void.cycle == 1
+    assert void.stalled_s == pytest.approx(14.2)
+    snapshot = phone.policy.snapshot()
+    assert (snapshot.voided_cycles, snapshot.pending_cycles, phone.policy.active) == (1, (), B)
+    nxt = phone.until(phone.cycle_start(3))  # cycle 2's start was missed: skipped
+    assert actions(nxt, SendProbe) == [SendProbe(P, 3, 1), SendProbe(B, 3, 1)]
+
+
+def test_a_reply_that_arrived_before_the_stall_ended_still_counts() -> None:
+    """The shell hands the kernel's arrival time as `now`: an answer read after a stall
+    is judged at the instant it arrived, before the passed deadlines run."""
+    phone = Phone(PolicySettings(interval_s=10.0))
+    phone.until(T0)
+    judged = phone.policy.handle(ProbeAnswered(P, 0, 1, 200, 5.0), T0 + 0.005)
+    assert [a for a in judged if isinstance(a, CycleJudged)] != []
+    assert phone.policy.on_deadline(T0 + 15.0) == []  # cycle 1 missed: skipped, no void
+    assert phone.policy.snapshot().voided_cycles == 0
+
+
+def test_an_attempt_a_little_late_is_still_sent_not_voided() -> None:
+    phone = Phone(PolicySettings(interval_s=10.0))
+    phone.until(T0)
+    phone.clock.set(T0 + 1.15)  # attempt 2 due at 0.8, its wait ends at 1.2
+    assert phone.policy.on_deadline(T0 + 1.15) == [SendProbe(P, 0, 2)]
+
+
+def test_a_stall_during_the_last_wait_judges_by_the_replies_that_arrived() -> None:
+    phone = Phone(PolicySettings(interval_s=10.0))
+    phone.until(T0 + 1.2)  # attempts 1..3 sent, no reply
+    phone.clock.set(T0 + 5.0)
+    [judged, _service] = phone.policy.on_deadline(T0 + 5.0)
+    assert judged == CycleJudged(0, (Verdict(P, False, 3, None, None, "missed 3 probes"),))
 
 
 def test_late_deadline_landing_on_a_grid_point_starts_that_cycle_at_once() -> None:
@@ -382,14 +427,48 @@ def failed_over(settings: PolicySettings = WITH_BACKUP) -> Phone:
     return phone
 
 
-def test_failback_with_one_cycle_when_cycle_is_judged() -> None:
+def test_failback_happens_when_the_primarys_reply_arrives() -> None:
+    """SPEC §1: failback at the moment the reply completing the good cycles arrives; it
+    does not wait for the backup's verdict of that cycle (issue 12)."""
     phone = failed_over()
     timeline = phone.run_cycle(1, primary=0.003, backup=0.005)
-    reason = "primary answered in 3 ms, backup answered in 5 ms; primary up 1 of 1 cycles"
+    reason = "primary answered in 3 ms; primary up 1 of 1 cycles"
     assert [(t, a) for t, a in timeline if isinstance(a, UseServer)] == [
-        (phone.cycle_start(1) + 0.005, UseServer(P, reason))
+        (phone.cycle_start(1) + 0.003, UseServer(P, reason))
     ]
     assert actions(timeline, ServiceChanged) == []  # was OK on backup, OK on primary
+    assert phone.policy.snapshot().good_primary_cycles == 0
+
+
+def test_failback_does_not_wait_for_a_silent_backups_verdict() -> None:
+    phone = failed_over()
+    timeline = phone.run_cycle(1, primary=0.004, backup=None)
+    [(at, back)] = [(t, a) for t, a in timeline if isinstance(a, UseServer)]
+    assert (round(at - phone.cycle_start(1), 6), back.server) == (0.004, P)
+    assert phone.policy.active is P  # the backup's down verdict at 1.6 s moves nothing
+
+
+def test_failback_when_the_backup_answered_first_is_decided_by_the_whole_cycle() -> None:
+    phone = failed_over()
+    timeline = phone.run_cycle(1, primary=0.006, backup=0.002)
+    reason = "primary answered in 6 ms, backup answered in 2 ms; primary up 1 of 1 cycles"
+    assert [(t, a) for t, a in timeline if isinstance(a, UseServer)] == [
+        (phone.cycle_start(1) + 0.006, UseServer(P, reason))
+    ]
+
+
+def test_failback_waits_while_an_earlier_cycle_is_still_open() -> None:
+    """Overlapping cycles: cycle 1's primary answer can't count before cycle 0 is judged."""
+    phone = Phone(replace(WITH_BACKUP, interval_s=1.0))
+    phone.answer(B, 0, 1, T0 + 0.002)
+    phone.until(T0 + 1.6)  # cycle 0: primary down, backup up -> backup
+    assert phone.policy.active is B
+    phone.answer(B, 1, 1, T0 + 1.002)  # (already answered before cycle 0 was judged)
+    assert phone.policy.active is B
+    moved = phone.answer(P, 2, 1, T0 + 2.003)  # cycle 1 still open (its primary is silent)
+    assert actions(moved, UseServer) == []
+    back = phone.until(T0 + 2.6)  # cycle 1 judged: primary down; cycle 2 judged next
+    assert [cast(UseServer, a).server for a in actions(back, UseServer)] == [P]
 
 
 def test_failback_cycles_3_needs_three_good_cycles_in_a_row() -> None:
@@ -402,9 +481,7 @@ def test_failback_cycles_3_needs_three_good_cycles_in_a_row() -> None:
     for cycle in (4, 5):
         assert actions(phone.run_cycle(cycle, 0.003, 0.004), UseServer) == []
     [back] = actions(phone.run_cycle(6, 0.003, 0.004), UseServer)
-    assert back == UseServer(
-        P, "primary answered in 3 ms, backup answered in 4 ms; primary up 3 of 3 cycles"
-    )
+    assert back == UseServer(P, "primary answered in 3 ms; primary up 3 of 3 cycles")
     assert phone.policy.snapshot().good_primary_cycles == 0
 
 
@@ -417,6 +494,30 @@ def test_backup_dies_while_on_backup_and_primary_up_goes_back_at_once() -> None:
             UseServer(P, "primary answered in 3 ms, backup missed 3 probes"),
         )
     ]
+
+
+def test_a_switch_says_whether_the_server_left_was_alive() -> None:
+    """Issue 12: a switch away from a dead server sends nothing to it (the shell skips
+    the un-REGISTER); a failback from a live backup un-registers there (SPEC §2)."""
+    phone = Phone()
+    [away] = actions(phone.run_cycle(0, primary=None, backup=0.004), UseServer)
+    assert isinstance(away, UseServer)
+    assert not away.left_alive
+    [back] = actions(phone.run_cycle(1, primary=0.003, backup=0.004), UseServer)
+    assert isinstance(back, UseServer)
+    assert back.left_alive
+    phone.run_cycle(2, primary=None, backup=0.004)
+    [dead_backup] = actions(phone.run_cycle(3, primary=0.003, backup=None), UseServer)
+    assert isinstance(dead_backup, UseServer)
+    assert dead_backup.server is P
+    assert dead_backup.left_alive  # failback at the primary's reply: backup not judged yet
+
+
+def test_a_dead_backup_left_for_a_primary_needing_more_cycles_is_known_dead() -> None:
+    phone = failed_over(replace(WITH_BACKUP, failback_cycles=3))
+    [back] = actions(phone.run_cycle(1, primary=0.003, backup=None), UseServer)
+    assert isinstance(back, UseServer)
+    assert not back.left_alive
 
 
 def test_both_down_while_on_backup_stays_with_no_service() -> None:
@@ -626,8 +727,7 @@ def test_use_server_carries_the_address_that_answered_in_the_deciding_cycle() ->
     t1 = phone.cycle_start(1)
     primary_at = ("203.0.113.10", 5060)
     phone.until(t1 + 0.003)
-    phone.feed(ProbeAnswered(P, 1, 1, 200, 3.0, primary_at), t1 + 0.003)
-    back = phone.feed(ProbeAnswered(B, 1, 1, 200, 4.0, backup_at), t1 + 0.004)
+    back = phone.feed(ProbeAnswered(P, 1, 1, 200, 3.0, primary_at), t1 + 0.003)
     [failback] = actions(back, UseServer)
     assert isinstance(failback, UseServer)
     assert (failback.server, failback.address) == (P, primary_at)

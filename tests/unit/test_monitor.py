@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Mapping, Sequence
 
 import pytest
 
 from phoned.clock import MonotonicClock
-from phoned.core.events import Action, Event, ProbeAnswered, Server, UseServer
+from phoned.core.events import Action, CycleJudged, Event, ProbeAnswered, Server, UseServer
 from phoned.core.failover import FailoverPolicy
 from phoned.core.policy import PolicySettings
 from phoned.probe.matching import ProbeTarget
-from phoned.service.monitor import KeepaliveMonitor
+from phoned.service.monitor import KeepaliveMonitor, ProbeCounts
 
 
 class RecordingProber:
@@ -25,6 +26,7 @@ class RecordingProber:
         self.retargeted: list[dict[Server, ProbeTarget]] = []
         self.third_attempt = threading.Event()
         self._reply = reply or []
+        self.unmatched = 0
 
     def sockets(self) -> Sequence[socket.socket]:
         return []
@@ -89,3 +91,64 @@ def test_an_event_the_core_refuses_is_logged_and_probing_goes_on(
     assert alive
     assert [attempt for _, _, attempt in prober.sent] == [1, 2, 3]
     assert "keepalive: ProbeAnswered ignored" in caplog.text
+
+
+class StallingProber(RecordingProber):
+    """Its reply arrives 5 ms after attempt 1, then the thread stalls for a second before
+    it reads anything (a stopped or starved process, SPEC §10)."""
+
+    def __init__(self, clock: MonotonicClock, stall_s: float) -> None:
+        super().__init__()
+        self._clock = clock
+        self._stall_s = stall_s
+        self._inbox, self._peer = socket.socketpair()
+        self._answer: ProbeAnswered | None = None
+        self.unmatched = 2  # two stray replies came in meanwhile
+
+    def sockets(self) -> Sequence[socket.socket]:
+        return [self._inbox]
+
+    def send(self, server: Server, cycle: int, attempt: int) -> list[Event]:
+        self.sent.append((server, cycle, attempt))
+        if attempt == 1 and self._answer is None:
+            arrived = self._clock.now() + 0.005
+            self._answer = ProbeAnswered(server, cycle, 1, 200, 5.0, arrived_at=arrived)
+            self._peer.send(b"!")
+            time.sleep(self._stall_s)  # the scenario: the thread is stopped past 800 ms
+        return []
+
+    def receive(self, sock: socket.socket) -> list[Event]:
+        sock.recv(16)
+        answer, self._answer = self._answer, None
+        return [] if answer is None else [answer]
+
+    def close(self) -> None:
+        self._inbox.close()
+        self._peer.close()
+
+
+def test_a_reply_in_before_a_stall_ends_counts_and_no_attempt_follows() -> None:
+    """The monitor reads what already arrived before it runs passed deadlines, and hands
+    the core each answer at its arrival time: no attempt 2, no down verdict."""
+    clock = MonotonicClock()
+    prober = StallingProber(clock, stall_s=1.0)
+    actions: list[Action] = []
+    judged = threading.Event()
+
+    def on_action(action: Action) -> None:
+        actions.append(action)
+        if isinstance(action, CycleJudged):
+            judged.set()
+
+    policy = FailoverPolicy(PolicySettings(interval_s=30.0), clock.now(), first_cycle_delay_s=0.0)
+    monitor = KeepaliveMonitor(policy, prober, clock, on_action=on_action)
+    monitor.start()
+    try:
+        assert judged.wait(3.0)
+    finally:
+        monitor.stop()
+    assert prober.sent == [(Server.PRIMARY, 0, 1)]
+    [cycle] = [a for a in actions if isinstance(a, CycleJudged)]
+    assert isinstance(cycle, CycleJudged)
+    assert cycle.verdicts[0].up
+    assert monitor.counts == ProbeCounts(unmatched=2, late=0, voided_cycles=0)

@@ -153,6 +153,7 @@ class FakeTransport:
         self.retargets: list[dict[Server, ProbeTarget]] = []
         self.sent: list[tuple[Server, int, int, ProbeTarget]] = []
         self.closed = False
+        self.unmatched = 0
 
     def sockets(self) -> list[socket.socket]:
         return []

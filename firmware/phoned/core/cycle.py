@@ -51,6 +51,16 @@ class ServerProbe:
             return self.t0 + self.send_offsets_s[self.sent]
         return self.t0 + self.down_offset_s
 
+    def stalled_by(self, now: float) -> float | None:
+        """How late the next attempt is, when `now` is already past the wait after it
+        (SPEC §10: the process stalled; this attempt can no longer follow §1), else None."""
+        if self.verdict is not None or self.sent >= len(self.send_offsets_s):
+            return None
+        offsets = (*self.send_offsets_s, self.down_offset_s)
+        if now < self.t0 + offsets[self.sent + 1]:
+            return None
+        return now - (self.t0 + offsets[self.sent])
+
     def fire(self) -> SendProbe | None:
         """The deadline passed: the next attempt to send, or None once judged down."""
         if self.sent < len(self.send_offsets_s):

@@ -4,8 +4,8 @@ Owns: the vocabulary shared by the core (`failover`), the prober, the SIP adapte
 the supervisor. Must not touch: any IO, clock or thread. Everything here is plain data.
 
 Events flow *into* `FailoverPolicy.handle()`; actions flow *out* of it. Times inside
-events are durations measured by the shell (`rtt_ms`); absolute times are never stored
-here: the core receives `now` alongside every event.
+events are durations measured by the shell (`rtt_ms`); the core receives `now` alongside
+every event and reads no other absolute time (`ProbeAnswered.arrived_at` is the shell's).
 """
 
 from __future__ import annotations
@@ -60,6 +60,11 @@ class ProbeAnswered:
     #: never asks the prober (or DNS) where a server is. Left out of equality: two
     #: answers are the same answer wherever a name resolved to.
     address: tuple[str, int] | None = field(default=None, compare=False)
+    #: When the response reached the phone (monotonic seconds, from the kernel's receive
+    #: timestamp where the socket has one), for the shell: it hands this, not the time it
+    #: got round to reading the socket, to the core as `now` (SPEC §10: a reply counts by
+    #: its arrival). The core itself only ever reads the `now` it is given.
+    arrived_at: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,20 @@ class UseServer:
     #: when no probe decided it (start-up, keep-alive off): the shell then uses the
     #: configured target. Not part of equality, as above.
     address: tuple[str, int] | None = field(default=None, compare=False)
+    #: Whether the server being left may still be alive (it answered in the deciding
+    #: cycle, or nothing says it died). False when it was judged down: SPEC §10, a switch
+    #: away from a dead server sends nothing to it (no un-REGISTER retransmitted to it).
+    left_alive: bool = field(default=True, compare=False)
+
+
+@dataclass(frozen=True)
+class CycleVoided:
+    """Cycle `cycle` is dropped without a verdict: the service stalled (SIGSTOP, a long
+    pause) past one of its attempts, so the wire does not show what SPEC §1 asks of it.
+    Nothing is decided from it; the next cycle on the grid judges afresh (SPEC §10)."""
+
+    cycle: int
+    stalled_s: float  #: how late the missed attempt would have gone out
 
 
 @dataclass(frozen=True)
@@ -153,4 +172,4 @@ class ServiceChanged:
     reason: str
 
 
-Action = SendProbe | CycleJudged | UseServer | ServiceChanged
+Action = SendProbe | CycleJudged | CycleVoided | UseServer | ServiceChanged

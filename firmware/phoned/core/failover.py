@@ -24,30 +24,35 @@ Rules:
 4. Order. Cycles overlap when interval_s < sum(timeouts). A cycle is judged (`CycleJudged`)
    when every server it probed has a verdict, and cycles are judged in their order: a later
    cycle waits for an earlier one.
-5. Decision. `_RULES` maps (active server, primary's outcome, backup's outcome) to a move;
+5. Decision. `RULES` maps (active server, primary's outcome, backup's outcome) to a move;
    the service is then OK if the (new) active server was up, else NO_SERVICE. A backup
    that is disabled *now* counts as OFF even if an older cycle probed it.
-6. Failback is decided when the cycle is judged, i.e. once the backup's verdict is in too
-   (it answers within ms), never on the primary's answer alone: with failback_cycles == 1 a
-   good primary fails back either way, but the reason ("backup down" vs "primary back")
-   and the failback count are only right once both verdicts are known.
+6. Failback happens at the moment the primary's answer that completes `failback_cycles`
+   good cycles arrives (SPEC §1), without waiting for the backup's verdict of that cycle,
+   provided every earlier cycle is judged (the count needs their primary verdicts). When
+   the cycle is judged later, the phone is already on the primary: nothing more moves.
 7. Keep-alive off: no cycles at all; the service is OK (it follows registration) and a
    `RegistrationFailed` for the active server switches to the other when backup is enabled.
 8. Settings apply from the next cycle: a started cycle keeps its own timeouts, the next
    start already scheduled is kept and the grid goes on from it with the new interval.
 9. `handle()` first runs every deadline already passed, so an event is judged against the
    schedule as of `now`. A `now` older than one already seen counts as that one (the shell
-   may wake a little before a deadline it then reports).
+   may wake a little before a deadline it then reports). The shell hands an answer's
+   arrival time as `now`, so a reply that arrived in time counts however late it is read.
+10. Stalls (SPEC §10). An attempt whose deadline is only run once the wait after it is over
+   too (the process was stopped, paused or starved) cannot follow §1 on the wire: its cycle
+   is voided (`CycleVoided`), with no verdict and no decision. Whole cycles missed are
+   skipped (rule 1); the grid goes on, never replayed in a burst.
 """
 
 from __future__ import annotations
 
-import enum
-
 from phoned.core.cycle import Cycle, ServerProbe
+from phoned.core.decision import RULES, Move, Outcome
 from phoned.core.events import (
     Action,
     CycleJudged,
+    CycleVoided,
     Event,
     ProbeAnswered,
     ProbeFailed,
@@ -66,46 +71,8 @@ _SERVICE_UNAVAILABLE = 503  # SPEC §1: "503 counts as no reply"
 _KEEPALIVE_OFF = "keep-alive probing off: service follows registration"
 
 
-class _Outcome(enum.Enum):
-    """How one server did in a judged cycle, as the decision table sees it."""
-
-    #: Answered (status >= 200, not 503) within the cycle.
-    UP = "up"
-    #: Probed, and no valid answer by the end of the cycle.
-    DOWN = "down"
-    #: Not probed in this cycle, or the backup is disabled now.
-    OFF = "off"
-
-
-class _Move(enum.Enum):
-    """What a judged cycle does to the active server."""
-
-    #: Keep the active server.
-    STAY = "stay"
-    #: Use the other server at once.
-    SWITCH = "switch"
-    #: Count a good primary cycle; fail back once `failback_cycles` are counted.
-    COUNT = "count"
-
-
 _P, _B = Server.PRIMARY, Server.BACKUP
-_UP, _DOWN, _OFF = _Outcome.UP, _Outcome.DOWN, _Outcome.OFF
-
-#: SPEC §1 failover and failback, one row per case: (active, primary, backup) -> move.
-_RULES: dict[tuple[Server, _Outcome, _Outcome], _Move] = {
-    (_P, _UP, _UP): _Move.STAY,
-    (_P, _UP, _DOWN): _Move.STAY,
-    (_P, _UP, _OFF): _Move.STAY,
-    (_P, _DOWN, _UP): _Move.SWITCH,  # failover at once
-    (_P, _DOWN, _DOWN): _Move.STAY,  # nowhere to go: NO_SERVICE
-    (_P, _DOWN, _OFF): _Move.STAY,  # backup disabled: never fail over
-    (_B, _UP, _UP): _Move.COUNT,  # failback after failback_cycles
-    (_B, _UP, _DOWN): _Move.SWITCH,  # backup died, primary is back: at once
-    (_B, _UP, _OFF): _Move.SWITCH,  # backup disabled meanwhile
-    (_B, _DOWN, _UP): _Move.STAY,
-    (_B, _DOWN, _DOWN): _Move.STAY,  # NO_SERVICE
-    (_B, _DOWN, _OFF): _Move.STAY,
-}
+_UP, _DOWN, _OFF = Outcome.UP, Outcome.DOWN, Outcome.OFF
 
 
 class FailoverPolicy:
@@ -136,6 +103,7 @@ class FailoverPolicy:
         self._last_verdicts: dict[Server, Verdict] = {}
         self._good_primary = 0
         self._ignored_answers = 0
+        self._voided_cycles = 0
 
     @property
     def active(self) -> Server:
@@ -152,6 +120,16 @@ class FailoverPolicy:
         """The number of the last cycle started; -1 before the first."""
         return self._cycle
 
+    @property
+    def ignored_answers(self) -> int:
+        """Answers for judged, dropped or decided probes (late or stale), so far."""
+        return self._ignored_answers
+
+    @property
+    def voided_cycles(self) -> int:
+        """Cycles dropped undecided because the shell stalled in them (rule 10)."""
+        return self._voided_cycles
+
     def snapshot(self) -> PolicySnapshot:
         """Return the state for status displays and `phoned status`."""
         next_at = None if self._next_cycle is None else self._grid_start(self._next_cycle)
@@ -164,6 +142,7 @@ class FailoverPolicy:
             good_primary_cycles=self._good_primary,
             ignored_answers=self._ignored_answers,
             pending_cycles=tuple(self._cycles),
+            voided_cycles=self._voided_cycles,
         )
 
     def start(self, now: float) -> list[Action]:
@@ -249,6 +228,8 @@ class FailoverPolicy:
             _, number, _, probe = item
             if probe is None:
                 actions += self._start_cycle(number, now)
+            elif (stalled_s := probe.stalled_by(now)) is not None:
+                actions += self._void(number, stalled_s)
             elif (send := probe.fire()) is not None:
                 actions.append(send)
             else:
@@ -256,10 +237,16 @@ class FailoverPolicy:
         return actions
 
     def _start_cycle(self, number: int, now: float) -> list[Action]:
-        if self._grid_start(number + 1) <= now:  # whole cycles missed: skip, no burst
+        # A start so late that its attempt 2 would be due (a stall, rule 10) is skipped
+        # too, like whole cycles missed: the grid goes on, no burst.
+        late_limit = min(
+            self._grid_start(number + 1),
+            self._grid_start(number) + self._settings.attempt_timeouts_s[0],
+        )
+        if late_limit <= now:
             missed = int((now - self._anchor_s) // self._settings.interval_s)
             skip_to = max(number + 1, self._anchor_cycle + missed)
-            while self._grid_start(skip_to) < now:
+            while self._grid_start(skip_to) < now:  # (a late start is skipped too)
                 skip_to += 1
             self._next_cycle = skip_to
             return []
@@ -268,6 +255,12 @@ class FailoverPolicy:
         cycle = Cycle.start(number, now, servers, self._settings.attempt_timeouts_s)
         self._cycles[number] = cycle
         return [SendProbe(server, number, 1) for server in servers]
+
+    def _void(self, number: int, stalled_s: float) -> list[Action]:
+        """Rule 10: drop cycle `number` undecided; later cycles may be judged now."""
+        del self._cycles[number]
+        self._voided_cycles += 1
+        return [CycleVoided(number, stalled_s), *self._judge_ready()]
 
     # ------------------------------------------------------------------ probe results
 
@@ -304,6 +297,23 @@ class FailoverPolicy:
         probe.judge_up(event.attempt, event.status_code, event.rtt_ms, event.address)
         return self._judge_ready()
 
+    def _early_failback(self) -> list[Action]:
+        """Rule 6: the primary's answer that completes `failback_cycles` fails back now,
+        in the first cycle still open (earlier ones are judged: the count is known)."""
+        open_cycle = next(iter(self._cycles.values()), None)
+        if self._active is not _B or open_cycle is None:
+            return []
+        probe = open_cycle.probes.get(_P)
+        if probe is None or probe.verdict is None or not probe.verdict.up:
+            return []
+        good = self._good_primary + 1
+        if good < self._settings.failback_cycles:
+            return []
+        needed = self._settings.failback_cycles
+        reason = f"primary {probe.verdict.reason}; primary up {good} of {needed} cycles"
+        use = self._use(_P, reason, probe.verdict.address)
+        return [use, *self._set_service(Service.OK, reason)]
+
     def _on_failure(self, event: ProbeFailed) -> None:
         probe = self._probe_for(event)
         if probe is not None and probe.verdict is None:
@@ -321,9 +331,9 @@ class FailoverPolicy:
             del self._cycles[number]
             actions.append(CycleJudged(number, verdicts))
             actions += self._decide(cycle, verdicts)
-        return actions
+        return actions + self._early_failback()
 
-    def _outcome(self, cycle: Cycle, server: Server) -> _Outcome:
+    def _outcome(self, cycle: Cycle, server: Server) -> Outcome:
         probe = cycle.probes.get(server)
         if probe is None or probe.verdict is None:
             return _OFF
@@ -338,25 +348,34 @@ class FailoverPolicy:
         summary = ", ".join(f"{v.server.value} {v.reason}" for v in verdicts)
         if outcomes[_B] is _OFF:
             summary += ", backup disabled" if not self._settings.backup_enabled else ""
-        move = _RULES[(self._active, outcomes[_P], outcomes[_B])]
+        move = RULES[(self._active, outcomes[_P], outcomes[_B])]
         good = self._active is _B and outcomes[_P] is _UP
         self._good_primary = self._good_primary + 1 if good else 0
         actions: list[Action] = []
-        if move is _Move.SWITCH:
-            actions.append(self._use(self._active.other, summary))
-        elif move is _Move.COUNT and self._good_primary >= self._settings.failback_cycles:
+        left_alive = outcomes[self._active] is not _DOWN
+        if move is Move.SWITCH:
+            actions.append(self._use(self._active.other, summary, left_alive=left_alive))
+        elif move is Move.COUNT and self._good_primary >= self._settings.failback_cycles:
             needed = self._settings.failback_cycles
             reason = f"{summary}; primary up {self._good_primary} of {needed} cycles"
             actions.append(self._use(_P, reason))
         up = outcomes[self._active] is _UP
         return actions + self._set_service(Service.OK if up else Service.NO_SERVICE, summary)
 
-    def _use(self, server: Server, reason: str) -> UseServer:
+    def _use(
+        self,
+        server: Server,
+        reason: str,
+        address: tuple[str, int] | None = None,
+        *,
+        left_alive: bool = True,
+    ) -> UseServer:
         self._active = server
         self._good_primary = 0
         last = self._last_verdicts.get(server)
-        address = last.address if last is not None and last.up else None
-        return UseServer(server, reason, address)
+        if address is None and last is not None and last.up:
+            address = last.address
+        return UseServer(server, reason, address, left_alive=left_alive)
 
     def _set_service(self, service: Service, reason: str) -> list[Action]:
         if service is self._service:
@@ -372,7 +391,7 @@ class FailoverPolicy:
         if settings.keepalive or not settings.backup_enabled or event.server is not self._active:
             return []
         reason = f"{event.server.value} registration failed: {event.reason}"
-        return [self._use(event.server.other, reason)]
+        return [self._use(event.server.other, reason, left_alive=False)]
 
     def _on_settings(self, event: SettingsChanged, now: float) -> list[Action]:
         new = event.settings

@@ -57,3 +57,4 @@ class PolicySnapshot:
     good_primary_cycles: int  #: consecutive cycles with the primary up while on backup
     ignored_answers: int  #: answers for judged, dropped or already decided probes
     pending_cycles: tuple[int, ...]  #: started and not judged yet
+    voided_cycles: int = 0  #: dropped undecided because the service stalled (SPEC §10)

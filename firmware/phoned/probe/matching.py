@@ -101,7 +101,8 @@ class AttemptBook:
     ) -> ProbeAnswered | None:
         """The answer `response` gives to one of our attempts, or None if it matches none.
 
-        `source` is the sender `(ip_text, port)` as `recvfrom` reported it.
+        `source` is the sender `(ip_text, port)` as `recvfrom` reported it, and `now`
+        when the response arrived (the kernel's stamp, where the socket has one).
         """
         if response is None or source != self.peer or response.via_branch is None:
             return None
@@ -116,7 +117,14 @@ class AttemptBook:
             return None
         if response.status_code >= 200:
             sent.answered = True
-        rtt_ms = max(0.0, (now - sent.sent_at) * 1000.0)
+        arrived_at = max(now, sent.sent_at)  # a wall-clock step can't make it precede its probe
+        rtt_ms = (arrived_at - sent.sent_at) * 1000.0
         return ProbeAnswered(
-            self.server, sent.cycle, sent.attempt, response.status_code, rtt_ms, self.peer
+            self.server,
+            sent.cycle,
+            sent.attempt,
+            response.status_code,
+            rtt_ms,
+            self.peer,
+            arrived_at=arrived_at,
         )

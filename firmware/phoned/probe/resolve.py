@@ -154,6 +154,8 @@ def _first_address(host: str, addresses: AddressLookup) -> str:
 class TransportProber(Protocol):
     """What `ResolvingProber` needs of the prober it feeds (UDP or stream)."""
 
+    @property
+    def unmatched(self) -> int: ...
     def sockets(self) -> Sequence[socket.socket]: ...
     def writers(self) -> Sequence[socket.socket]: ...
     def send(self, server: Server, cycle: int, attempt: int) -> list[Event]: ...
@@ -198,6 +200,11 @@ class ResolvingProber:
     def lookups_running(self) -> int:
         """Lookups started and not finished yet."""
         return sum(1 for future in self._latest.values() if not future.done())
+
+    @property
+    def unmatched(self) -> int:
+        """Responses that matched no attempt (the transport prober's count)."""
+        return self._inner.unmatched
 
     # -- Prober, for the monitor ---------------------------------------------------
     def prepare(self, next_cycle_at: float | None, now: float) -> float | None:

@@ -13,6 +13,8 @@ target. Anything else is counted in `unmatched` and ignored. A final reply is re
 once per attempt.
 Rule 3: `send` and `receive` never raise for network errors: they become `ProbeFailed`
 for the latest attempt sent to that server.
+Rule 4: a reply's time is the kernel's receive timestamp (`arrival`), so its round trip
+and the instant the core judges it at do not depend on when this process read it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from phoned.clock import Clock
 from phoned.core.events import Event, ProbeFailed, Server
 from phoned.errors import ProbeError
+from phoned.probe import arrival
 from phoned.probe.matching import AttemptBook, ProbeTarget
 from phoned.probe.sipmsg import (
     OptionsTemplate,
@@ -167,7 +170,7 @@ class UdpProber:
         events: list[Event] = []
         for _ in range(_MAX_DRAIN):
             try:
-                data, source = sock.recvfrom(_MAX_DATAGRAM)
+                data, source, arrived_at = arrival.receive(sock, _MAX_DATAGRAM, self._clock)
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -175,7 +178,7 @@ class UdpProber:
                     raise ProbeError(f"probe: cannot read {link.server.value}: {exc}") from exc
                 events.extend(self._failed_latest(link, network_reason(exc)))
                 continue
-            answer = link.book.match(parse_response(data), source[:2], self._clock.now())
+            answer = link.book.match(parse_response(data), source, arrived_at)
             if answer is None:
                 self._unmatched += 1
                 log.debug("probe: %d bytes from %s unmatched -> ignored", len(data), source)
@@ -256,6 +259,7 @@ class UdpProber:
         try:
             sock = socket.socket(family, socket.SOCK_DGRAM)
             sock.setblocking(False)
+            arrival.enable(sock)  # replies count by their arrival (SPEC §10)
         except OSError as exc:
             raise ProbeError(f"probe: cannot open a socket for {server.value}: {exc}") from exc
         book = AttemptBook(server, (str(ip), target.port))

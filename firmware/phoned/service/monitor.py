@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from phoned.clock import Clock
-from phoned.core.events import Action, Event, SendProbe, Server, SettingsChanged
+from phoned.core.events import Action, Event, ProbeAnswered, SendProbe, Server, SettingsChanged
 from phoned.core.failover import FailoverPolicy
 from phoned.core.policy import PolicyError, PolicySettings
 from phoned.errors import PhonedError
@@ -37,9 +37,21 @@ log = logging.getLogger(__name__)
 _MAX_WAIT_S = 1.0
 
 
+def _arrival(event: Event) -> float:
+    """Sort key: an answer by its arrival; anything else as just happened."""
+    if isinstance(event, ProbeAnswered) and event.arrived_at is not None:
+        return event.arrived_at
+    return float("inf")
+
+
 class Prober(Protocol):
     """What the monitor needs of a prober (`probe.udp.UdpProber`, `probe.stream.StreamProber`,
     `probe.resolve.ResolvingProber`)."""
+
+    @property
+    def unmatched(self) -> int:
+        """Responses that matched no attempt: stray, spoofed or garbled (counted)."""
+        ...
 
     def sockets(self) -> Sequence[socket.socket]:
         """Sockets to wait on for reading."""
@@ -72,6 +84,18 @@ class Prober(Protocol):
     def close(self) -> None:
         """Release every socket and worker."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeCounts:
+    """Replies that never counted, and cycles dropped, since the service started."""
+
+    #: Matched no attempt of the last two cycles: wrong Call-ID, CSeq, branch, garbage.
+    unmatched: int = 0
+    #: Matched an attempt whose cycle was already judged or dropped: late or stale.
+    late: int = 0
+    #: Cycles voided because the service stalled in them (SPEC §10).
+    voided_cycles: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +174,13 @@ class KeepaliveMonitor:
         self._wake_w.close()
 
     @property
+    def counts(self) -> ProbeCounts:
+        """Replies that did not count, for `phoned status` (SPEC §1, §10). Plain counters
+        read from any thread."""
+        policy = self._policy
+        return ProbeCounts(self._prober.unmatched, policy.ignored_answers, policy.voided_cycles)
+
+    @property
     def alive(self) -> bool:
         """Whether the thread runs."""
         return self._thread.is_alive()
@@ -177,6 +208,10 @@ class KeepaliveMonitor:
             self.next_deadline_at = deadline
             now = self._clock.now()
             if deadline is not None and now >= deadline:
+                # Replies already in the kernel go first, each at its arrival time: one
+                # that came in time counts, however late this thread got here (SPEC §10).
+                self._wait(0.0)
+                now = max(now, self._clock.now())
                 self.last_deadline_at = now
                 self._dispatch(self._policy.on_deadline(now))
                 continue
@@ -188,13 +223,15 @@ class KeepaliveMonitor:
         readers = [*self._prober.sockets(), self._wake_r]
         writers = list(self._prober.writers())
         readable, writable, _ = select.select(readers, writers, [], max(0.0, wait_s))
+        events: list[Event] = []
         for sock in readable:
             if sock is self._wake_r:
                 self._drain_wake()
             else:
-                self._feed(self._prober.receive(sock))
+                events += self._prober.receive(sock)
         for sock in writable:
-            self._feed(self._prober.writable(sock))
+            events += self._prober.writable(sock)
+        self._feed(sorted(events, key=_arrival))
         while not self._inbox.empty():
             item = self._inbox.get_nowait()
             if isinstance(item, _Reconfigure):
@@ -217,6 +254,8 @@ class KeepaliveMonitor:
     def _feed(self, events: list[Event]) -> None:
         for event in events:
             now = self._clock.now()
+            if isinstance(event, ProbeAnswered) and event.arrived_at is not None:
+                now = min(now, event.arrived_at)  # judged at its arrival (SPEC §10)
             if self._observe is not None:
                 self._observe(event, now)
             try:

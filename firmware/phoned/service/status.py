@@ -89,10 +89,16 @@ class StatusBoard:
         self._facts = facts
         self._b = _Board({role: ServerStatus() for role in Server})
         self._config: Callable[[], dict[str, Any]] = dict
+        self._counters: Callable[[], dict[str, int]] = dict
 
     def show_config(self, report: Callable[[], dict[str, Any]]) -> None:
         """Where the settings in force came from (SPEC §7 `config`), read at each snapshot."""
         self._config = report
+
+    def show_counters(self, counters: Callable[[], dict[str, int]]) -> None:
+        """What never counted (stray replies, refused check-syncs, SPEC §10), read at
+        each snapshot from their owners."""
+        self._counters = counters
 
     def watch_blf(self, keys: tuple[str, ...]) -> None:
         """Show these BLF keys: a key kept keeps its lamp, a new one is unknown until a
@@ -183,6 +189,7 @@ class StatusBoard:
         """A JSON-able picture of everything `phoned status` shows (SPEC §4)."""
         facts = self._facts()
         config = self._config()
+        counters = self._counters()
         with self._lock:
             b = self._b
             active = b.servers[b.active]
@@ -210,6 +217,7 @@ class StatusBoard:
                 "display": {"top_line": top_line(facts.ext, b.active, b.service, registered)},
                 "leds": {"status": asdict(led)},
                 "config": config,
+                "counters": counters,
                 "uptime_s": round(time.time() - b.started_at, 1),
             }
 
@@ -273,6 +281,10 @@ def render_text(snapshot: dict[str, Any]) -> str:
     if config.get("source"):
         origin = f"{config['source']} {config.get('url') or ''}".rstrip()
         lines.append(f"config:   {origin}, last {config.get('last_result')}")
+    if any((counters := snapshot.get("counters") or {}).values()):
+        lines.append(
+            "ignored:  " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counters.items())
+        )
     if snapshot["last_switch"]:
         switch = snapshot["last_switch"]
         lines.append(f"switched: {switch['from']} -> {switch['to']}: {switch['reason']}")

@@ -27,6 +27,7 @@ from phoned.config.settings import Settings
 from phoned.core.events import (
     Action,
     CycleJudged,
+    CycleVoided,
     Event,
     ProbeAnswered,
     ProbeFailed,
@@ -106,6 +107,7 @@ class Supervisor:
         self._requests.attach(self.phone)
         self.board = self.phone.board
         self.board.show_config(lambda: self.source.report.as_dict())  # noqa: PLW0108 - replaced, read late
+        self.board.show_counters(self._counters)
         self._applier = ConfigApplier(self.phone, self.source, self._use_server, self._clock)
         self.phone.heartbeats.add("provisioning")
         self._provisioner = Provisioner(
@@ -272,6 +274,11 @@ class Supervisor:
             self.board.set_service(action.service)
             journal.service(action)
             self._publish_status()
+        elif isinstance(action, CycleVoided):
+            log_event(log, "cycle_void", f"cycle {action.cycle}: void, the service stalled "
+                      f"{action.stalled_s:.1f} s past an attempt -> nothing decided, back on "
+                      "the grid", level=logging.WARNING, cycle=action.cycle,
+                      stalled_s=round(action.stalled_s, 3))  # fmt: skip
 
     def _use_server(self, action: UseServer) -> None:
         phone = self.phone
@@ -340,6 +347,16 @@ class Supervisor:
         if not self._ready:
             self._ready = True
             sdnotify.notify("READY=1")
+
+    def _counters(self) -> dict[str, int]:
+        """SPEC §1, §10: what reached the phone and never counted, since it started."""
+        counts = self.phone.monitor.counts
+        return {
+            "unmatched_replies": counts.unmatched,
+            "late_replies": counts.late,
+            "voided_cycles": counts.voided_cycles,
+            "refused_check_syncs": self.phone.sip.checksync_refused,
+        }
 
     def _publish_status(self) -> None:
         snap = self.board.snapshot()
