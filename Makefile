@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 STAMP  := .make
 APT_PACKAGES := kamailio kamailio-presence-modules kamailio-tls-modules sip-tester tcpdump \
                 nftables iproute2 dnsmasq-base openssl wireguard-go wireguard-tools \
-                python3-venv python3-dev gcc procps systemd shellcheck nginx
+                python3-venv python3-dev gcc procps systemd shellcheck nginx stress-ng
 IMAGE  := build/image/phoned-rootfs-arm64.tar.gz
 # What goes into the image: it is rebuilt only when one of these changed.
 IMAGE_INPUTS := scripts/build-image scripts/binfmt-arm64 setup.cfg pyproject.toml README.md \
