@@ -78,11 +78,20 @@ _UP, _DOWN, _OFF = Outcome.UP, Outcome.DOWN, Outcome.OFF
 class FailoverPolicy:
     """SPEC §1 as a state machine fed with events and deadlines (see the module rules)."""
 
-    def __init__(self, settings: PolicySettings, now: float, first_cycle_delay_s: float) -> None:
+    def __init__(
+        self,
+        settings: PolicySettings,
+        now: float,
+        first_cycle_delay_s: float,
+        *,
+        resume_on: Server = Server.PRIMARY,
+    ) -> None:
         """Args:
         settings: the redundancy settings in force.
         now: the current monotonic time, seconds.
         first_cycle_delay_s: start_0 - now, drawn by the shell in [0, interval_s).
+        resume_on: the server in use before a restart (the shell's record); the backup
+            is only resumed on while backup is enabled.
 
         Raises:
             PolicyError: a negative delay.
@@ -93,7 +102,8 @@ class FailoverPolicy:
         self._first_delay_s = first_cycle_delay_s
         self._now = now
         self._started = False
-        self._active = Server.PRIMARY
+        resumable = resume_on is _B and settings.backup_enabled
+        self._active = _B if resumable else _P
         self._service = Service.STARTING
         self._cycle = -1
         self._anchor_s = now + first_cycle_delay_s  # the grid: start_n = anchor_s + ...
@@ -146,8 +156,8 @@ class FailoverPolicy:
         )
 
     def start(self, now: float) -> list[Action]:
-        """Begin on the primary. Returns `UseServer(PRIMARY)` (and the service state when
-        keep-alive is off). Raises `PolicyError` when already started."""
+        """Begin on the primary (or the server resumed on). Returns `UseServer` (and the
+        service state when keep-alive is off). Raises `PolicyError` when already started."""
         if self._started:
             raise PolicyError("can't start: already started")
         self._started = True
@@ -155,7 +165,8 @@ class FailoverPolicy:
         # (the shell built this core before pjsua2 started: that time is not the grid's)
         self._anchor_s = now + self._first_delay_s
         self._tick(now)
-        actions: list[Action] = [UseServer(Server.PRIMARY, "start")]
+        reason = "start" if self._active is _P else "resumed after a restart"
+        actions: list[Action] = [UseServer(self._active, reason)]
         if not self._settings.keepalive:
             actions += self._set_service(Service.OK, _KEEPALIVE_OFF)
         return actions

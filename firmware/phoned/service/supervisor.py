@@ -286,6 +286,7 @@ class Supervisor:
         label = phone.targets[action.server].label
         journal.switch(action, self.board.active, label, f"{plan.sip.host}:{plan.sip.port}")
         self.board.set_active(action.server, action.reason)
+        phone.resume.save(action.server, self._clock.now())
         report = phone.switch.run(plan)  # SPEC §2 steps 1-3, in order
         for step, outcome in report.steps.items():
             self.board.set_step(step, outcome)
@@ -304,10 +305,12 @@ class Supervisor:
 
     def _cycle_judged(self, action: CycleJudged) -> None:
         self.board.set_cycle(action.cycle, action.verdicts)
+        self.phone.resume.save(self.board.active, self._clock.now())
         for verdict in action.verdicts:
             if verdict.up and verdict.address is not None:
                 self.phone.answered[verdict.server] = verdict.address
             journal.verdict(action.cycle, verdict, self.phone.targets[verdict.server].probe.host)
+            self.phone.sip.server_judged(verdict.server, up=verdict.up)  # a failback left it
         self._publish_status()
         self._mark_ready()
 

@@ -16,6 +16,7 @@ import logging
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from phoned.clock import Clock
@@ -31,6 +32,7 @@ from phoned.probe.resolve import make_prober
 from phoned.service.changeplan import ChangePlan, plan_changes
 from phoned.service.control import ControlServer
 from phoned.service.monitor import KeepaliveMonitor
+from phoned.service.resume import ResumeFile
 from phoned.service.status import BoardFacts, StatusBoard
 from phoned.service.switch import Switch, SwitchPlan
 from phoned.service.targets import (
@@ -41,7 +43,7 @@ from phoned.service.targets import (
     with_answers,
 )
 from phoned.service.watchdog import Heartbeats
-from phoned.sip.stack import PjsuaStack, SipEvent, SipIdentity
+from phoned.sip.stack import Leaving, PjsuaStack, SipEvent, SipIdentity
 
 if TYPE_CHECKING:
     from phoned.net.vpn import WireGuardVpn
@@ -121,6 +123,7 @@ class Phone:
         self.vpn = build_vpn(settings) if settings.vpn.enabled else None
         self.switch = Switch(self.sip, self.apps, self.vpn)
         self.heartbeats = Heartbeats(clock, WORKERS)
+        self.resume = ResumeFile(Path(settings.service.control_socket).parent / "resume")
         self.monitor = self._build_monitor(settings, hooks)
         self.control = ControlServer(
             settings.service.control_socket,
@@ -135,8 +138,15 @@ class Phone:
         policy = policy_settings(settings)
         # SPEC §1: start_0 at random within the first interval, so phones do not align.
         first_cycle_delay_s = random.uniform(0.0, policy.interval_s)  # noqa: S311 - not secret
-        log.info("keepalive: first cycle in %.0f ms (random, SPEC §1), then every %g s",
-                 first_cycle_delay_s * 1000, policy.interval_s)  # fmt: skip
+        resumed = self.resume.load(self.clock.now(), policy.interval_s)
+        resume_on = Server.PRIMARY if resumed is None else resumed[0]
+        if resumed is not None:  # a restart, not a boot: judge the servers at once
+            first_cycle_delay_s = 0.0
+            log.info("keepalive: restarted %.1f s after a record of %s in use -> resume there, "
+                     "first cycle now", resumed[1], resume_on.value)  # fmt: skip
+        log.info("keepalive: first cycle in %.0f ms (%s), then every %g s",
+                 first_cycle_delay_s * 1000, "random, SPEC §1" if resumed is None else "resumed",
+                 policy.interval_s)  # fmt: skip
         prober = make_prober(
             probe_targets(self.targets),
             transport=settings.server.transport,
@@ -147,7 +157,7 @@ class Phone:
             clock=self.clock,
         )
         return KeepaliveMonitor(
-            FailoverPolicy(policy, self.clock.now(), first_cycle_delay_s),
+            FailoverPolicy(policy, self.clock.now(), first_cycle_delay_s, resume_on=resume_on),
             prober,
             self.clock,
             on_action=hooks.on_action,
@@ -168,7 +178,8 @@ class Phone:
     def plan(self, action: UseServer) -> SwitchPlan:
         """The switch `action` asks for: where the server answered, and who may call."""
         sip = sip_target(self.targets[action.server], action.address)
-        return SwitchPlan(action.server, sip, with_answers(self._sources, self.answered))
+        left = Leaving.from_verdict(action.left_alive)  # SPEC §10: a dead one gets nothing
+        return SwitchPlan(action.server, sip, with_answers(self._sources, self.answered), left)
 
     def allow_sources(self) -> None:
         """Tell the SIP stack where calls and check-syncs may come from: both servers and
