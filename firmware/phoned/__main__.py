@@ -98,8 +98,10 @@ def _demo(interval_s: int) -> int:
 def _run(config_path: str, level: str) -> int:
     from phoned.logfmt import setup_logging  # noqa: PLC0415 - keep `status` light
     from phoned.service.configsource import FETCH_TIMEOUT_S, ConfigSource  # noqa: PLC0415
+    from phoned.service.journal import install_repeat_limit  # noqa: PLC0415
 
     setup_logging(getattr(logging, level.upper()))
+    install_repeat_limit()  # SPEC §10: junk at a port must not flood the log
     source = ConfigSource(config_path)
     # SPEC §7: at most 5 s for the server, counted from our start, before probing starts;
     # the service's modules (pjsua2...) load meanwhile.

@@ -52,15 +52,15 @@ def test_each_new_frame_is_one_png_of_the_rendered_image(emulated: Display, tmp_
     assert emulated.show(BACKUP) is True
 
     assert emulated.frames == [
-        tmp_path / "frames" / "frame-0001.png",
-        tmp_path / "frames" / "frame-0002.png",
+        tmp_path / "frames" / "frame-000001.png",
+        tmp_path / "frames" / "frame-000002.png",
     ]
     for path, view in zip(emulated.frames, (PRIMARY, BACKUP), strict=True):
         with Image.open(path) as frame:
             assert same_pixels(frame.convert("RGB"), render(view, (128, 160)))
     assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == [
-        "frame-0001.png",
-        "frame-0002.png",
+        "frame-000001.png",
+        "frame-000002.png",
     ]
 
 
@@ -275,4 +275,16 @@ def test_the_emulated_board_profile_display(tmp_path: Path) -> None:
     spec = DisplaySpec("emulated", 128, 160, "none")
     display = Display.from_spec(spec, state_dir=str(tmp_path))
     display.show(PRIMARY)
-    assert [p.name for p in display.frames] == ["frame-0001.png"]
+    assert [p.name for p in display.frames] == ["frame-000001.png"]
+
+
+def test_an_in_memory_panel_keeps_the_picture_of_the_missing_one_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    spec = DisplaySpec("ssd1306", 128, 64, "i2c", {"port": 1, "address": 0x3C})
+    display = Display.in_memory(spec, state_dir=str(tmp_path))
+    assert display.show(BACKUP) is True
+    assert display.image is not None
+    assert same_pixels(display.image, render(BACKUP, (128, 64), "1"))
+    assert (display.shown, display.frames, display.last_frame) == (1, [], None)
+    assert list(tmp_path.iterdir()) == []

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
 
 import pytest
-from gpiozero import LED
-from gpiozero.exc import GPIOPinInUse
+from gpiozero import LED, Device
+from gpiozero.exc import BadPinFactory, GPIOPinInUse, PinFactoryFallback
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from phoned.device.board import BoardProfile, load_board
@@ -291,5 +292,37 @@ def test_the_emulated_board_runs_on_mock_pins_by_itself() -> None:
             "flashing": False,
             "blf": ["green", "red-blink", "off", "off"],
         }
+    finally:
+        panel.close()
+
+
+def test_no_gpio_chip_is_one_led_error_naming_what_gpiozero_tried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rule 4: the reasons of gpiozero's fallbacks go into the one error, not to stderr."""
+
+    def default_pin_factory() -> object:
+        fallback = PinFactoryFallback("Falling back from lgpio: can not open gpiochip")
+        warnings.warn(fallback, stacklevel=1)
+        raise BadPinFactory("Unable to load any default pin factory!")
+
+    monkeypatch.setattr(Device, "pin_factory", None)
+    monkeypatch.setattr(Device, "_default_pin_factory", staticmethod(default_pin_factory))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fallback warning escaping would fail here
+        with pytest.raises(LedError) as error:
+            LedPanel(load_board("rpi-st7735"))
+    assert str(error.value) == (
+        "leds: can't claim the pins of board rpi-st7735: Unable to load any default pin "
+        "factory! (lgpio: can not open gpiochip)"
+    )
+
+
+def test_an_in_memory_panel_keeps_what_the_leds_would_show() -> None:
+    panel = LedPanel.in_memory(load_board("rpi-st7735"))
+    try:
+        panel.show(view(LedState("red", blinking=True), blf=("busy",)))
+        assert panel.state()["status"] == "red"
+        assert panel.state()["blf"] == ["red", "off", "off", "off"]
     finally:
         panel.close()

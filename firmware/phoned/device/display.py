@@ -1,19 +1,23 @@
 """The display adapter (SPEC §5): shows a `DeviceView` on the board's panel through luma.
 
-Owns: the luma device (the only importer of luma), the emulated panel's PNG frames under
-`<state_dir>/frames/` and its drawing in a terminal. Must not touch: the layout (that is
-`phoned.device.screen`), GPIO other than the panel's own bus pins, or any file outside `frames/`.
+Owns: the luma device (the only importer of luma), the emulated panel's drawing in a
+terminal, and handing its frames to `phoned.device.frames` (PNGs under `<state_dir>/frames/`).
+Must not touch: the layout (that is `phoned.device.screen`), GPIO other than the panel's own
+bus pins, or any file outside `frames/`.
 
 Rules:
 1. Only a frame that differs from the last one shown reaches the panel (and, emulated, the
    disk and the terminal): the supervisor may call `show()` as often as it likes.
 2. Real panels (ST7735 on SPI, SSD1306 on I2C or SPI) are imported lazily, so the emulated
    board needs no bus; a missing bus or library is a `DisplayError` saying which.
+3. SPEC §10: the emulated panel's disk and terminal are extras. A folder that cannot be
+   written or a terminal that is gone is logged once and never raises from `show()`: the
+   picture is still kept (`image`) and counted (`shown`).
 """
 
 from __future__ import annotations
 
-import os
+import logging
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,12 +25,15 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from PIL import Image, ImageChops
 
+from phoned.device.frames import KEEP_FRAMES, FrameStore
 from phoned.device.screen import render
 from phoned.device.view import DeviceView
 from phoned.errors import PhonedError
 
 if TYPE_CHECKING:
     from phoned.device.board import DisplaySpec
+
+log = logging.getLogger("phoned.device")
 
 DRIVERS = ("emulated", "st7735", "ssd1306")
 #: Options that go to luma's serial interface; every other option goes to the device.
@@ -88,6 +95,7 @@ class Display:
         terminal: bool = False,
         interface: str | None = None,
         stream: TextIO | None = None,
+        keep_frames: int = KEEP_FRAMES,
     ) -> None:
         """Open the panel.
 
@@ -103,6 +111,8 @@ class Display:
             terminal: emulated only: also draw each new frame in the terminal.
             interface: "spi" or "i2c"; default: SPI for st7735, I2C for ssd1306.
             stream: where the terminal frames go (default stdout).
+            keep_frames: emulated only: how many of the newest PNG frames stay on disk;
+                0 writes none (an in-memory panel).
 
         Raises:
             DisplayError: unknown driver, or the panel's bus or library is missing.
@@ -114,14 +124,25 @@ class Display:
         self._terminal = terminal and driver == "emulated"
         self._stream = stream if stream is not None else sys.stdout
         self._frames_dir = Path(state_dir) / "frames"
-        self._frames: list[Path] = []
         self._last: Image.Image | None = None
+        self._shown = 0
         self._device: Any = _open_device(driver, width, height, dict(options), interface)
         self.mode: str = self._device.mode
-        if driver == "emulated":
-            self._frames_dir.mkdir(parents=True, exist_ok=True)
-            for stale in self._frames_dir.glob("frame-*.png"):  # a previous run's frames
-                stale.unlink()
+        self._store = FrameStore(self._frames_dir, keep_frames) if driver == "emulated" else None
+
+    @classmethod
+    def in_memory(cls, spec: DisplaySpec, *, state_dir: str) -> Display:
+        """A panel of the profile's size and colours that only keeps its picture: what the
+        phone shows when its real panel is missing (SPEC §10)."""
+        mode = "1" if spec.driver == "ssd1306" else str(spec.options.get("mode", "RGB"))
+        return cls(
+            "emulated",
+            spec.width,
+            spec.height,
+            options={"mode": mode},
+            state_dir=state_dir,
+            keep_frames=0,
+        )
 
     @classmethod
     def from_spec(
@@ -151,17 +172,41 @@ class Display:
             return False
         self._last = image
         self._device.display(image)
-        if self.driver == "emulated":
-            self._save(image)
-            if self._terminal:
-                self._stream.write(to_ansi(image) + "\n")
-                self._stream.flush()
+        self._shown += 1
+        if self._store is not None:
+            self._store.save(image)
+        if self._terminal:
+            self._draw_in_terminal(image)
         return True
+
+    def _draw_in_terminal(self, image: Image.Image) -> None:
+        """Rule 3: a terminal that is gone (closed stdout, EPIPE) ends the drawing, once."""
+        try:
+            self._stream.write(to_ansi(image) + "\n")
+            self._stream.flush()
+        except (OSError, ValueError) as exc:  # ValueError: write to a closed file
+            self._terminal = False
+            log.warning("display: can't draw in the terminal: %s; terminal drawing off", exc)
+
+    @property
+    def image(self) -> Image.Image | None:
+        """The picture shown now (None before the first `show()`)."""
+        return self._last
+
+    @property
+    def shown(self) -> int:
+        """How many different pictures were shown since the panel was opened."""
+        return self._shown
 
     @property
     def frames(self) -> list[Path]:
-        """Emulated: the PNGs written so far, oldest first (empty for real panels)."""
-        return list(self._frames)
+        """Emulated: the newest PNGs on disk, oldest first (empty for real panels)."""
+        return self._store.frames if self._store is not None else []
+
+    @property
+    def last_frame(self) -> Path | None:
+        """Emulated: the PNG of the picture shown now; None if it is not on disk."""
+        return self._store.latest if self._store is not None else None
 
     @property
     def frames_dir(self) -> Path:
@@ -173,13 +218,6 @@ class Display:
         device, self._device = self._device, None
         if device is not None:
             device.cleanup()
-
-    def _save(self, image: Image.Image) -> None:
-        path = self._frames_dir / f"frame-{len(self._frames) + 1:04d}.png"
-        partial = path.with_suffix(".png.part")
-        image.save(partial, format="PNG")
-        os.replace(partial, path)  # readers never see half a frame
-        self._frames.append(path)
 
 
 def _open_device(

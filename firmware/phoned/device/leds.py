@@ -9,18 +9,21 @@ and touches only the LEDs that differ (a steady LED is not rewritten, a blink no
 Rule 2: a provisioning flash (`view.flash` turning "applied" / "rejected") plays once, then
 the status LED returns to what the view asks for at that moment.
 Rule 3: button callbacks run on gpiozero's thread; `on_key` must return quickly.
+Rule 4: a board without GPIO (no chip, no pin library, pins taken) is one `LedError` naming
+every reason gpiozero gave; `LedPanel.in_memory()` then keeps the LEDs' state in mock pins.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gpiozero import LED, RGBLED, Button
-from gpiozero.exc import GPIOZeroError
+from gpiozero.exc import GPIOZeroError, PinFactoryFallback
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from phoned.device.board import BoardProfile
@@ -162,21 +165,40 @@ class LedPanel:
         self._lock = threading.RLock()
         self._closed = False
         self._devices: list[Any] = []
-        try:
-            self._status = self._status_light(profile)
-            self._blf = [
-                self._claim(_BiLight(p.red, p.green, True, self._factory)) for p in profile.blf_leds
-            ]
-            for index, pin in enumerate(profile.buttons):
-                self._devices.append(self._button(index, pin))
-        except GPIOZeroError as exc:
-            self.close()
-            raise LedError(f"leds: cannot claim the pins of board {profile.name}: {exc}") from exc
+        with warnings.catch_warnings(record=True) as fallbacks:
+            warnings.simplefilter("always", PinFactoryFallback)
+            try:
+                self._claim_all(profile)
+            except (GPIOZeroError, OSError, RuntimeError) as exc:  # lgpio, RPi.GPIO: theirs
+                self.close()
+                tried = "; ".join(_fallback_reason(w.message) for w in fallbacks)
+                raise LedError(
+                    f"leds: can't claim the pins of board {profile.name}: {exc}"
+                    + (f" ({tried})" if tried else "")
+                ) from exc
+        for caught in fallbacks:  # gpiozero found a pin library after trying others
+            log.info("leds: gpiozero: %s", _fallback_reason(caught.message))
         self._want = OFF  #: what the view asks of the status LED
         self._shown: Lamp | None = OFF  #: what the status LED shows (None: flashing)
         self._blf_shown = [OFF] * len(self._blf)
         self._flash_seen: str | None = None
         self._flash_timer: threading.Timer | None = None
+
+    @classmethod
+    def in_memory(
+        cls, profile: BoardProfile, *, on_key: Callable[[int], None] | None = None
+    ) -> LedPanel:
+        """The profile's LEDs on gpiozero mock pins: what `phoned status` shows when the
+        board has no GPIO (Rule 4); its keys are never pressed."""
+        return cls(profile, pin_factory=MockFactory(pin_class=MockPWMPin), on_key=on_key)
+
+    def _claim_all(self, profile: BoardProfile) -> None:
+        self._status = self._status_light(profile)
+        self._blf = [
+            self._claim(_BiLight(p.red, p.green, True, self._factory)) for p in profile.blf_leds
+        ]
+        for index, pin in enumerate(profile.buttons):
+            self._devices.append(self._button(index, pin))
 
     def _claim(self, light: _Light) -> _Light:
         self._devices.append(light)
@@ -279,3 +301,8 @@ class LedPanel:
             timer.join(timeout=1.0)
         for device in reversed(devices):
             device.close()
+
+
+def _fallback_reason(message: Warning | str) -> str:
+    """ "lgpio: can not open gpiochip" from gpiozero's "Falling back from lgpio: ..." """
+    return str(message).removeprefix("Falling back from ")
