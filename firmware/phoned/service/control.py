@@ -1,72 +1,169 @@
-"""The control socket: how `phoned status` (and later `call`, `app`) talk to the service.
+"""The control socket: how `phoned status`, `call`, `hangup`, `app` and `resync` talk to
+the service (SPEC §4, §10).
 
-Owns: a Unix stream socket speaking one JSON object per line each way, the server thread
-that answers it and the client used by the CLI. Must not touch: phone state (the server
-calls a handler the supervisor gives it; that handler only reads the status board).
+Owns: a Unix stream socket speaking one JSON object per line each way, the thread whose
+non-blocking loop serves every client at once, the worker threads that run slow requests,
+and the client the CLI uses. Must not touch: phone state (the server calls a handler the
+supervisor gives it; the handler reads the status board or hands back slow work).
+
+Rules (SPEC §10):
+1. The socket file is mode 0660, group `phoned` when that group exists; a live service's
+   socket and a file that is not a socket are never removed.
+2. A request is one line of at most 4096 bytes, newline included, sent within
+   `deadline_s` of connecting; one request per connection: the reply, then close.
+3. No client waits on another: the loop never blocks on a client, and work that may take
+   long (`SlowWork`: a fetch, a resync, a wait on the pjsua2 thread) runs on a worker
+   thread of its own, at most `max_jobs` at once, answered when done. `status` is
+   answered on the loop at once. The loop beats at least every second (the watchdog).
+4. At most `max_clients` connections: one more closes the longest-idle client still
+   sending its request, or is refused when there is none.
+5. Bad input gets an error reply, never a traceback; a traceback is logged only for a bug.
 
 Request:  {"cmd": "status"}\n      Reply: {"ok": true, "result": {...}}\n
-          anything unknown          Reply: {"ok": false, "error": "unknown command: x"}\n
+          anything refused          Reply: {"ok": false, "error": "unknown command: x"}\n
 """
 
 from __future__ import annotations
 
 import contextlib
+import grp
 import json
 import logging
 import os
-import select
+import queue
+import selectors
 import socket
 import stat
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from phoned.errors import ControlError
+from phoned.errors import ControlError, PhonedError
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[dict[str, Any]], dict[str, Any]]
-_MAX_REQUEST_BYTES = 64 * 1024
-#: How long one client may take to send its request line, in all.
-_READ_DEADLINE_S = 2.0
-#: The longest idle wait between two heartbeats.
+#: SPEC §10: the longest request line, newline included.
+MAX_REQUEST_BYTES = 4096
+#: SPEC §10: the group whose members may use the socket (the image creates it).
+SOCKET_GROUP = "phoned"
+_SOCKET_MODE = 0o660
+#: The longest reply the CLI reads: an app page is at most 1 MiB, JSON-escaped.
+_MAX_REPLY_BYTES = 8 << 20
+#: The longest wait between two heartbeats.
 _BEAT_S = 1.0
+_WAKE_BYTES = 1 << 20
+
+Reply = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SlowWork:
+    """Work a request needs that may take long: the handler returns it instead of a
+    result, a worker thread runs it, and what it returns is the reply's result."""
+
+    #: the command's name, for messages ("app")
+    name: str
+    #: the work; raises `PhonedError` or `ValueError` to refuse with its message
+    run: Callable[[], dict[str, Any]]
+
+
+#: Answers one decoded request on the control loop, at once: a result, or `SlowWork`.
+Handler = Callable[[dict[str, Any]], dict[str, Any] | SlowWork]
+
+
+@dataclass(frozen=True)
+class ControlLimits:
+    """How long and how many (SPEC §10: no client blocks the service or another)."""
+
+    #: how long a client may take to send its request line, and to take its reply
+    deadline_s: float = 2.0
+    #: how long slow work may run before its client is told it did not finish
+    job_deadline_s: float = 30.0
+    #: connections at once (rule 4)
+    max_clients: int = 32
+    #: slow requests running at once; one more is refused as busy
+    max_jobs: int = 8
+
+
+class _Phase(Enum):
+    READING = "reading"  #: waiting for the request line
+    WORKING = "working"  #: its slow work runs on a worker thread
+    WRITING = "writing"  #: sending the reply
+
+
+@dataclass(eq=False)
+class _Client:
+    sock: socket.socket
+    deadline: float
+    active_at: float  #: when it last sent a byte (rule 4: the longest idle goes first)
+    phase: _Phase = _Phase.READING
+    inbox: bytearray = field(default_factory=bytearray)
+    outbox: bytes = b""
+    sent: int = 0
+    events: int = 0  #: what the selector watches for
+    work: str = ""
 
 
 class ControlServer:
     """Answers control requests on a thread of its own until `stop()`."""
 
     def __init__(
-        self, path: str, handler: Handler, on_beat: Callable[[], None] | None = None
+        self,
+        path: str,
+        handler: Handler,
+        on_beat: Callable[[], None] | None = None,
+        limits: ControlLimits | None = None,
+        group: str = SOCKET_GROUP,
     ) -> None:
         """Args:
         path: the socket file.
-        handler: answers one decoded request (on this server's thread).
-        on_beat: called at least every second while the thread is healthy (the
-            watchdog's heartbeat); a request holds it for at most its read deadline plus
-            the handler's own time.
+        handler: answers one decoded request on the loop; must not wait (rule 3).
+        on_beat: called at least every second while the loop is healthy (the watchdog's
+            heartbeat); a handler that hangs stops it.
+        limits: deadlines and bounds (rules 2-4).
+        group: the group given the socket file, when it exists (rule 1).
+
+        Raises:
+            ControlError: the socket cannot be opened, or a service already answers on it.
         """
         self._path = Path(path)
         self._handler = handler
         self._on_beat = on_beat
-        self._stop = threading.Event()
-        self._wake_r, self._wake_w = socket.socketpair()  # stop() wakes the idle thread
+        self._limits = limits or ControlLimits()
         self._inode = 0
-        self._sock = self._listen()
+        self._sock = self._listen(group)
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = socket.socketpair()  # workers and stop() wake the loop
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._done: queue.SimpleQueue[tuple[_Client, Reply]] = queue.SimpleQueue()
+        self._clients: dict[_Client, None] = {}  # in order of arrival (rule 4)
+        self._jobs = 0  # worker threads running (loop thread only)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._sock, selectors.EVENT_READ)
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
 
-    def _listen(self) -> socket.socket:
+    def _listen(self, group: str) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             _remove_stale(self._path)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.bind(str(self._path))
-            os.chmod(self._path, 0o660)
-            sock.listen(8)
             self._inode = self._path.stat().st_ino  # stop() removes this file, no other
-        except OSError as exc:
+            _restrict(self._path, group)  # before listen(): nobody connects until then
+            sock.listen(64)
+            sock.setblocking(False)
+        except (OSError, ControlError) as exc:
+            sock.close()
+            if self._inode:
+                self._path.unlink(missing_ok=True)
+            if isinstance(exc, ControlError):
+                raise
             raise ControlError(f"cannot open control socket {self._path}: {exc}") from exc
         return sock
 
@@ -86,45 +183,200 @@ class ControlServer:
             self._wake_w.send(b"\0")
         if self._thread.is_alive():
             self._thread.join(timeout_s)
+        if not self._thread.is_alive():
+            self._selector.close()
         for sock in (self._sock, self._wake_r, self._wake_w):
             sock.close()
         with contextlib.suppress(FileNotFoundError):
             if self._path.stat().st_ino == self._inode:  # another service's: not ours
                 self._path.unlink()
 
+    # -- the loop (control thread) -------------------------------------------------------
     def _serve(self) -> None:
-        while not self._stop.is_set():
-            if self._on_beat is not None:
-                self._on_beat()
-            readable, _, _ = select.select([self._sock, self._wake_r], [], [], _BEAT_S)
-            if self._sock not in readable:
-                continue
+        try:
+            while not self._stop.is_set():
+                if self._on_beat is not None:
+                    self._on_beat()
+                for key, mask in self._selector.select(self._wait_s()):
+                    self._dispatch(key, mask)
+                self._collect_jobs()
+                self._expire(time.monotonic())
+        finally:
+            for client in list(self._clients):
+                self._close(client)
+            self._selector.close()
+
+    def _wait_s(self) -> float:
+        first = min((client.deadline for client in self._clients), default=float("inf"))
+        return max(0.0, min(_BEAT_S, first - time.monotonic()))
+
+    def _dispatch(self, key: selectors.SelectorKey, mask: int) -> None:
+        if key.fileobj is self._sock:
+            self._accept_all()
+        elif key.fileobj is self._wake_r:
+            _drain(self._wake_r, _WAKE_BYTES)
+        elif key.data in self._clients:  # not one closed earlier in this turn
+            if mask & selectors.EVENT_READ:
+                self._read(key.data)
+            else:
+                self._write(key.data)
+
+    def _accept_all(self) -> None:
+        for _ in range(self._limits.max_clients):  # bounded: a flood cannot stop the beat
             try:
                 conn, _ = self._sock.accept()
-            except OSError:
-                if self._stop.is_set():
-                    return
-                raise
-            with conn:
-                self._answer(conn)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of file descriptors: the next turn tries again
+                log.warning("control: cannot accept a client: %s", exc)
+                return
+            conn.setblocking(False)
+            if len(self._clients) >= self._limits.max_clients and not self._evict_one():
+                _send_error(conn, f"busy: {len(self._clients)} control clients, try again")
+                _drain(conn, MAX_REQUEST_BYTES * 4)
+                conn.close()
+                continue
+            now = time.monotonic()
+            client = _Client(conn, now + self._limits.deadline_s, now)
+            self._clients[client] = None
+            self._watch(client, selectors.EVENT_READ)
 
-    def _answer(self, conn: socket.socket) -> None:
-        conn.settimeout(2.0)
+    def _evict_one(self) -> bool:
+        """Rule 4: close the longest-idle client still sending; False when none is."""
+        reading = [client for client in self._clients if client.phase is _Phase.READING]
+        if not reading:
+            return False
+        idlest = min(reading, key=lambda client: client.active_at)
+        limit = self._limits.max_clients
+        self._refuse(idlest, f"too many control clients ({limit}): closing the longest idle")
+        return True
+
+    def _read(self, client: _Client) -> None:
         try:
-            request = _decode(_read_line(conn))
-            reply = {"ok": True, "result": self._handler(request)}
-        except (ValueError, KeyError) as exc:
-            reply = {"ok": False, "error": str(exc)}
-        except OSError as exc:
-            log.warning("control: client went away: %s", exc)
+            chunk = client.sock.recv(MAX_REQUEST_BYTES + 1 - len(client.inbox))
+        except (BlockingIOError, InterruptedError):
             return
-        except Exception as exc:  # a bug must not kill the control thread
-            log.exception("control: handler failed")
-            reply = {"ok": False, "error": f"internal error: {exc}"}
-        with contextlib.suppress(OSError):
-            conn.sendall(json.dumps(reply).encode() + b"\n")
+        except OSError:
+            self._close(client)
+            return
+        client.active_at = time.monotonic()
+        if not chunk:  # the client shut its side: what it sent is its request
+            if client.inbox:
+                self._answer(client, bytes(client.inbox))
+            else:
+                self._close(client)
+            return
+        client.inbox += chunk
+        end = client.inbox.find(b"\n")
+        if end >= MAX_REQUEST_BYTES or (end < 0 and len(client.inbox) >= MAX_REQUEST_BYTES):
+            self._refuse(client, f"request longer than {MAX_REQUEST_BYTES} bytes")
+        elif end >= 0:
+            self._answer(client, bytes(client.inbox[:end]))
+
+    def _answer(self, client: _Client, line: bytes) -> None:
+        self._watch(client, 0)  # rule 2: nothing more is read
+        try:
+            answer = self._handler(_decode(line))
+        except Exception as exc:  # rule 5: bad input is refused, a bug is logged
+            self._reply(client, _refusal(exc, "request"))
+            return
+        if isinstance(answer, SlowWork):
+            self._start(client, answer)
+        else:
+            self._reply(client, {"ok": True, "result": answer})
+
+    def _start(self, client: _Client, work: SlowWork) -> None:
+        if self._jobs >= self._limits.max_jobs:
+            running = self._jobs
+            self._reply(client, _error(f"busy: {running} slow requests running, try again"))
+            return
+        client.phase, client.work = _Phase.WORKING, work.name
+        client.deadline = time.monotonic() + self._limits.job_deadline_s
+        worker = threading.Thread(
+            target=self._work_on, args=(client, work), name=f"control-{work.name}", daemon=True
+        )
+        try:
+            worker.start()
+        except RuntimeError as exc:  # no thread to be had
+            self._reply(client, _error(f"busy: cannot start {work.name}: {exc}"))
+            return
+        self._jobs += 1
+
+    def _work_on(self, client: _Client, work: SlowWork) -> None:
+        """On a worker thread: run the work and hand its reply back to the loop."""
+        reply = _error(f"{work.name} was interrupted")
+        try:
+            reply = {"ok": True, "result": work.run()}
+        except Exception as exc:  # rule 5
+            reply = _refusal(exc, work.name)
+        finally:
+            self._done.put((client, reply))
+            with contextlib.suppress(OSError):  # full: already woken; closed: stopped
+                self._wake_w.send(b"\0")
+
+    def _collect_jobs(self) -> None:
+        while True:
+            try:
+                client, reply = self._done.get_nowait()
+            except queue.Empty:
+                return
+            self._jobs -= 1
+            if client in self._clients and client.phase is _Phase.WORKING:
+                self._reply(client, reply)
+
+    def _reply(self, client: _Client, reply: Reply) -> None:
+        client.phase, client.outbox, client.sent = _Phase.WRITING, _encode(reply), 0
+        client.deadline = time.monotonic() + self._limits.deadline_s
+        self._write(client)
+
+    def _write(self, client: _Client) -> None:
+        try:
+            client.sent += client.sock.send(memoryview(client.outbox)[client.sent :])
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:  # gone: nobody to answer
+            self._close(client)
+            return
+        if client.sent < len(client.outbox):
+            self._watch(client, selectors.EVENT_WRITE)
+        else:
+            self._close(client)
+
+    def _expire(self, now: float) -> None:
+        for client in [client for client in self._clients if client.deadline <= now]:
+            if client.phase is _Phase.READING:
+                self._refuse(client, f"no whole request line within {self._limits.deadline_s:g} s")
+            elif client.phase is _Phase.WORKING:  # its worker goes on, still counted
+                limit_s = self._limits.job_deadline_s
+                self._refuse(client, f"{client.work} did not finish within {limit_s:g} s")
+            else:
+                self._close(client)  # did not take its reply in time
+
+    def _refuse(self, client: _Client, error: str) -> None:
+        """Send `error` if the client's socket takes it now, and close it."""
+        log.debug("control: client refused: %s", error)
+        _send_error(client.sock, error)
+        self._close(client)
+
+    def _close(self, client: _Client) -> None:
+        self._watch(client, 0)
+        self._clients.pop(client, None)
+        _drain(client.sock, MAX_REQUEST_BYTES * 4)  # what it sent unread would reset its read
+        client.sock.close()
+
+    def _watch(self, client: _Client, events: int) -> None:
+        if events == client.events:
+            return
+        if not client.events:
+            self._selector.register(client.sock, events, client)
+        elif not events:
+            self._selector.unregister(client.sock)
+        else:
+            self._selector.modify(client.sock, events, client)
+        client.events = events
 
 
+# -- the socket file -------------------------------------------------------------------------
 def _remove_stale(path: Path) -> None:
     """Remove a socket a crashed service left behind; never a live service's socket, never
     a file that is not a socket.
@@ -150,6 +402,23 @@ def _remove_stale(path: Path) -> None:
     raise ControlError(f"phoned is already running (its control socket {path} answers)")
 
 
+def _restrict(path: Path, group: str) -> None:
+    """Rule 1: mode 0660, and group `group` when this machine has it (a dev machine may
+    not: the socket then keeps the process's group)."""
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        log.info("control: no group %r here: %s keeps group %d, mode 0660",
+                 group, path, os.getegid())  # fmt: skip
+    else:
+        try:
+            os.chown(path, -1, gid, follow_symlinks=False)
+        except PermissionError as exc:  # a user outside the group: still usable by its own
+            log.warning("control: cannot give %s to group %r: %s", path, group, exc.strerror)
+    os.chmod(path, _SOCKET_MODE)
+
+
+# -- requests and replies ----------------------------------------------------------------------
 def _decode(line: bytes) -> dict[str, Any]:
     """A request line as a JSON object with a string `cmd` (the handler checks the rest).
 
@@ -160,30 +429,47 @@ def _decode(line: bytes) -> dict[str, Any]:
         request = json.loads(line)
     except RecursionError:
         raise ValueError("a request is a flat JSON object, got one nested too deeply") from None
+    except ValueError as exc:
+        raise ValueError(f"a request is one line of JSON: {exc}") from None
     if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
         raise ValueError("a request is a JSON object with a string 'cmd'")
     return request
 
 
-def _read_line(conn: socket.socket, within_s: float = _READ_DEADLINE_S) -> bytes:
-    """One line, read within `within_s` in all (not per byte: a client that trickles
-    bytes cannot hold the control thread longer than that)."""
-    deadline = time.monotonic() + within_s
-    data = b""
-    while b"\n" not in data:
-        remaining_s = deadline - time.monotonic()
-        if remaining_s <= 0:
-            raise TimeoutError(f"no whole line within {within_s:.0f} s")
-        conn.settimeout(remaining_s)
-        chunk = conn.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-        if len(data) > _MAX_REQUEST_BYTES:
-            raise ValueError("request too large")
-    return data.split(b"\n", 1)[0]
+def _error(message: str) -> Reply:
+    return {"ok": False, "error": message}
 
 
+def _refusal(exc: Exception, what: str) -> Reply:
+    """The error reply for `exc`: its message for a refusal, a logged bug otherwise."""
+    if isinstance(exc, PhonedError | ValueError | KeyError):
+        return _error(str(exc))
+    log.error("control: %s failed, service goes on", what, exc_info=exc)
+    return _error(f"internal error: {type(exc).__name__}: {ascii(str(exc))[1:-1][:200]}")
+
+
+def _encode(reply: Reply) -> bytes:
+    try:
+        return json.dumps(reply).encode() + b"\n"
+    except (TypeError, ValueError, RecursionError) as exc:
+        log.error("control: a reply cannot be sent as JSON: %s", type(exc).__name__)
+        return _encode(_error("internal error: the reply is not JSON"))
+
+
+def _send_error(sock: socket.socket, error: str) -> None:
+    """One try at sending an error reply (a client refused or dropped)."""
+    with contextlib.suppress(OSError):
+        sock.send(_encode(_error(error)))
+
+
+def _drain(sock: socket.socket, limit_bytes: int) -> None:
+    """Read and drop what `sock` holds now, up to `limit_bytes`."""
+    with contextlib.suppress(OSError):
+        while limit_bytes > 0 and (chunk := sock.recv(min(limit_bytes, 16384))):
+            limit_bytes -= len(chunk)
+
+
+# -- the CLI's side ----------------------------------------------------------------------------
 def request(
     path: str, cmd: str, args: Mapping[str, object] | None = None, timeout_s: float = 5.0
 ) -> dict[str, Any]:
@@ -192,20 +478,64 @@ def request(
     Raises:
         ControlError: the service is not running, not answering, or refused the command.
     """
+    line = json.dumps({"cmd": cmd, **(args or {})}).encode() + b"\n"
+    if len(line) > MAX_REQUEST_BYTES:
+        raise ControlError(f"{cmd}: the request is {len(line)} bytes, at most {MAX_REQUEST_BYTES}")
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout_s)
             sock.connect(path)
-            sock.sendall(json.dumps({"cmd": cmd, **(args or {})}).encode() + b"\n")
-            reply = json.loads(_read_line(sock, timeout_s) or b"null")
+            with contextlib.suppress(BrokenPipeError):  # refused at once: read why
+                sock.sendall(line)
+            raw = _read_line(sock, timeout_s)
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         raise ControlError(
             f"phoned is not running (no control socket at {path}: {exc.strerror})"
         ) from exc
+    except PermissionError as exc:
+        raise ControlError(
+            f"cannot use {path}: {exc.strerror} (run as root or a member of group {SOCKET_GROUP})"
+        ) from exc
     except (OSError, ValueError) as exc:
         raise ControlError(f"phoned at {path} did not answer: {exc}") from exc
-    if not isinstance(reply, dict) or not reply.get("ok"):
-        error = reply.get("error") if isinstance(reply, dict) else "malformed reply"
-        raise ControlError(f"phoned refused {cmd!r}: {error}")
+    return _result(path, cmd, raw)
+
+
+def _result(path: str, cmd: str, raw: bytes) -> dict[str, Any]:
+    if not raw:
+        raise ControlError(f"phoned at {path} closed the connection without answering {cmd!r}")
+    try:
+        reply = json.loads(raw)
+    except (ValueError, RecursionError):
+        reply = None
+    if not isinstance(reply, dict) or "ok" not in reply:
+        raise ControlError(f"phoned at {path} answered {cmd!r} with something not a reply")
+    if reply["ok"] is not True:
+        error = reply.get("error")
+        reason = error if isinstance(error, str) and error else "no reason given"
+        raise ControlError(f"phoned refused {cmd!r}: {reason}")
     result = reply.get("result")
     return result if isinstance(result, dict) else {}
+
+
+def _read_line(conn: socket.socket, within_s: float) -> bytes:
+    """One reply line (without its newline), read within `within_s` in all.
+
+    Raises:
+        TimeoutError: no whole line in time.
+        ValueError: the line is longer than a reply can be.
+    """
+    deadline = time.monotonic() + within_s
+    data = bytearray()
+    while True:
+        remaining_s = deadline - time.monotonic()
+        if remaining_s <= 0:
+            raise TimeoutError(f"no whole reply within {within_s:g} s")
+        conn.settimeout(remaining_s)
+        chunk = conn.recv(64 * 1024)
+        end = chunk.find(b"\n")
+        if not chunk or end >= 0:
+            return bytes(data + chunk[: end if end >= 0 else len(chunk)])
+        data += chunk
+        if len(data) > _MAX_REPLY_BYTES:
+            raise ValueError(f"reply longer than {_MAX_REPLY_BYTES} bytes")

@@ -17,7 +17,7 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from phoned.clock import Clock
 from phoned.config.live import LiveSettings
@@ -30,7 +30,7 @@ from phoned.net.apps import PhoneApps
 from phoned.probe.matching import ProbeTarget
 from phoned.probe.resolve import make_prober
 from phoned.service.changeplan import ChangePlan, plan_changes
-from phoned.service.control import ControlServer
+from phoned.service.control import ControlServer, Handler
 from phoned.service.monitor import KeepaliveMonitor
 from phoned.service.resume import ResumeFile
 from phoned.service.status import BoardFacts, StatusBoard
@@ -67,7 +67,7 @@ class Hooks:
     on_action: Callable[[Action], None]  #: from the keep-alive thread: queue it
     observe: Callable[[Event | SendProbe, float], None]  #: probes, for the log
     on_key: Callable[[int], None]  #: a line key, from gpiozero's thread
-    on_control: Callable[[dict[str, Any]], dict[str, Any]]  #: on the control thread
+    on_control: Handler  #: on the control loop: a result at once, or SlowWork
 
 
 def policy_settings(settings: Settings) -> PolicySettings:
