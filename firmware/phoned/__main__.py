@@ -142,7 +142,7 @@ def _control_socket(config_path: str) -> str:
 
 
 def _status(config_path: str, as_json: bool) -> int:
-    from phoned.service.control import request  # noqa: PLC0415
+    from phoned.service.control_client import request  # noqa: PLC0415
     from phoned.service.status import render_text  # noqa: PLC0415
 
     try:
@@ -155,7 +155,7 @@ def _status(config_path: str, as_json: bool) -> int:
 
 
 def _ask(config_path: str, cmd: str, args: dict[str, object]) -> int:
-    from phoned.service.control import request  # noqa: PLC0415
+    from phoned.service.control_client import request  # noqa: PLC0415
 
     try:
         # resync: a fetch (5 s at most, SPEC §7) and the apply, answered when done

@@ -28,7 +28,7 @@ from PIL import Image
 
 from phoned.device.display import to_ansi
 from phoned.logfmt import parse
-from phoned.service import control
+from phoned.service import control_client
 from phoned.service.status import render_text
 from phonelab.errors import LabError
 
@@ -154,7 +154,7 @@ class PhoneStatus:
 
     def get(self) -> dict[str, Any]:
         """The status snapshot (`phoned status --json`)."""
-        return control.request(self.sock, "status")
+        return control_client.request(self.sock, "status")
 
     def show(self, title: str) -> dict[str, Any]:
         """Print the phone's display as it is now (its last PNG frame, drawn in the

@@ -15,7 +15,7 @@ import threading
 from types import TracebackType
 
 from phoned.errors import ControlError
-from phoned.service import control
+from phoned.service import control_client
 from phonelab.errors import LabError
 from phonelab.netns import netns_socket
 from phonelab.procs import poll_until
@@ -74,7 +74,7 @@ def fetch_until(control_socket: str, app: str, prefix: str, timeout_s: float) ->
     def served() -> bool:
         page = ""
         with contextlib.suppress(ControlError):
-            page = str(control.request(control_socket, "app", {"name": app}).get("content"))
+            page = str(control_client.request(control_socket, "app", {"name": app}).get("content"))
         pages.append(page)
         return page.startswith(prefix)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from phoned.errors import ControlError
 from phoned.logfmt import parse
-from phoned.service import control
+from phoned.service import control_client
 from phonelab.errors import LabError
 from phonelab.netns import PBX1_IP, PBX2_IP, PHONE_IP, Lab, poll_until
 from phonelab.pcap import Packet, sip_summary
@@ -167,7 +167,7 @@ class RunningPhone:
 
     def status(self) -> dict[str, Any]:
         """`phoned status --json`, through the control socket."""
-        return control.request(self.control_socket, "status")
+        return control_client.request(self.control_socket, "status")
 
     def wait_status(self, check: Callable[[dict[str, Any]], bool], timeout_s: float) -> None:
         """Wait until the status satisfies `check`."""

@@ -55,7 +55,7 @@ def test_good_requests_become_commands(request_: dict[str, Any], command: object
 
 
 def test_requests_as_the_cli_sends_them_over_the_socket_parse() -> None:
-    """`control.request()` sends `{"cmd": cmd, **args}` as one JSON line."""
+    """`control_client.request()` sends `{"cmd": cmd, **args}` as one JSON line."""
     line = json.dumps({"cmd": "call", "ext": "sip:1002@203.0.113.10"}).encode()
 
     assert parse_command(json.loads(line)) == CallCommand("sip:1002@203.0.113.10")

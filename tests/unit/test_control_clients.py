@@ -25,8 +25,8 @@ from phoned.service.control import (
     ControlLimits,
     ControlServer,
     SlowWork,
-    request,
 )
+from phoned.service.control_client import request
 
 #: SPEC §10 and the brief: `status` answers at once, whatever other clients do.
 PROMPT_S = 0.2

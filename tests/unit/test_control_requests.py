@@ -23,7 +23,8 @@ from phoned.config.settings import AccountSettings, ServerSettings, Settings
 from phoned.core.events import Server
 from phoned.errors import PhonedError
 from phoned.service.commands import CommandError
-from phoned.service.control import ControlServer, SlowWork, request
+from phoned.service.control import ControlServer, SlowWork
+from phoned.service.control_client import request
 from phoned.service.handover import MainThreadWork
 from phoned.service.requests import ControlRequests
 

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from phoned.errors import ControlError
-from phoned.service.control import ControlServer, request
+from phoned.service.control import ControlServer
+from phoned.service.control_client import request
 
 
 def answer(_request: dict[str, Any]) -> dict[str, Any]:

@@ -2,9 +2,10 @@
 the service (SPEC §4, §10).
 
 Owns: a Unix stream socket speaking one JSON object per line each way, the thread whose
-non-blocking loop serves every client at once, the worker threads that run slow requests,
-and the client the CLI uses. Must not touch: phone state (the server calls a handler the
-supervisor gives it; the handler reads the status board or hands back slow work).
+non-blocking loop serves every client at once and the worker threads that run slow
+requests (the CLI's side is `control_client`). Must not touch: phone state (the server
+calls a handler the supervisor gives it; the handler reads the status board or hands back
+slow work).
 
 Rules (SPEC §10):
 1. The socket file is mode 0660, group `phoned` when that group exists; a live service's
@@ -36,7 +37,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -51,8 +52,6 @@ MAX_REQUEST_BYTES = 4096
 #: SPEC §10: the group whose members may use the socket (the image creates it).
 SOCKET_GROUP = "phoned"
 _SOCKET_MODE = 0o660
-#: The longest reply the CLI reads: an app page is at most 1 MiB, JSON-escaped.
-_MAX_REPLY_BYTES = 8 << 20
 #: The longest wait between two heartbeats.
 _BEAT_S = 1.0
 _WAKE_BYTES = 1 << 20
@@ -467,75 +466,3 @@ def _drain(sock: socket.socket, limit_bytes: int) -> None:
     with contextlib.suppress(OSError):
         while limit_bytes > 0 and (chunk := sock.recv(min(limit_bytes, 16384))):
             limit_bytes -= len(chunk)
-
-
-# -- the CLI's side ----------------------------------------------------------------------------
-def request(
-    path: str, cmd: str, args: Mapping[str, object] | None = None, timeout_s: float = 5.0
-) -> dict[str, Any]:
-    """Send one command to the running service and return its result.
-
-    Raises:
-        ControlError: the service is not running, not answering, or refused the command.
-    """
-    line = json.dumps({"cmd": cmd, **(args or {})}).encode() + b"\n"
-    if len(line) > MAX_REQUEST_BYTES:
-        raise ControlError(f"{cmd}: the request is {len(line)} bytes, at most {MAX_REQUEST_BYTES}")
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout_s)
-            sock.connect(path)
-            with contextlib.suppress(BrokenPipeError):  # refused at once: read why
-                sock.sendall(line)
-            raw = _read_line(sock, timeout_s)
-    except (FileNotFoundError, ConnectionRefusedError) as exc:
-        raise ControlError(
-            f"phoned is not running (no control socket at {path}: {exc.strerror})"
-        ) from exc
-    except PermissionError as exc:
-        raise ControlError(
-            f"cannot use {path}: {exc.strerror} (run as root or a member of group {SOCKET_GROUP})"
-        ) from exc
-    except (OSError, ValueError) as exc:
-        raise ControlError(f"phoned at {path} did not answer: {exc}") from exc
-    return _result(path, cmd, raw)
-
-
-def _result(path: str, cmd: str, raw: bytes) -> dict[str, Any]:
-    if not raw:
-        raise ControlError(f"phoned at {path} closed the connection without answering {cmd!r}")
-    try:
-        reply = json.loads(raw)
-    except (ValueError, RecursionError):
-        reply = None
-    if not isinstance(reply, dict) or "ok" not in reply:
-        raise ControlError(f"phoned at {path} answered {cmd!r} with something not a reply")
-    if reply["ok"] is not True:
-        error = reply.get("error")
-        reason = error if isinstance(error, str) and error else "no reason given"
-        raise ControlError(f"phoned refused {cmd!r}: {reason}")
-    result = reply.get("result")
-    return result if isinstance(result, dict) else {}
-
-
-def _read_line(conn: socket.socket, within_s: float) -> bytes:
-    """One reply line (without its newline), read within `within_s` in all.
-
-    Raises:
-        TimeoutError: no whole line in time.
-        ValueError: the line is longer than a reply can be.
-    """
-    deadline = time.monotonic() + within_s
-    data = bytearray()
-    while True:
-        remaining_s = deadline - time.monotonic()
-        if remaining_s <= 0:
-            raise TimeoutError(f"no whole reply within {within_s:g} s")
-        conn.settimeout(remaining_s)
-        chunk = conn.recv(64 * 1024)
-        end = chunk.find(b"\n")
-        if not chunk or end >= 0:
-            return bytes(data + chunk[: end if end >= 0 else len(chunk)])
-        data += chunk
-        if len(data) > _MAX_REPLY_BYTES:
-            raise ValueError(f"reply longer than {_MAX_REPLY_BYTES} bytes")
