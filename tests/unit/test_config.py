@@ -47,6 +47,11 @@ def in_table(table: str, *lines: str) -> str:
     return BASE + f"[{table}]\n" + "".join(f"{line}\n" for line in lines)
 
 
+def lines(*text: str) -> str:
+    """`text` as lines of a file."""
+    return "".join(f"{line}\n" for line in text)
+
+
 def in_account(*lines: str) -> str:
     """[account] with `lines` from line 4, then [server]."""
     return ACCOUNT + "".join(f"{line}\n" for line in lines) + SERVER
@@ -87,6 +92,9 @@ def test_example_config_with_vpn_enabled_loads(tmp_path: Path) -> None:
     key_file = private_file(tmp_path, WG_KEY + "\n", 0o600, "wg.key")
     text = EXAMPLE.read_text().replace("enabled = false", "enabled = true")
     text = text.replace('"/etc/phoned/wg.key"', f'"{key_file}"')
+    # SPEC §6: with the VPN on, each server lies in its peer's allowed_ips
+    text = text.replace('address = "203.0.113.10"', 'address = "198.18.1.10"')
+    text = text.replace('address = "203.0.113.20"', 'address = "198.18.2.10"')
 
     vpn = parse_settings(text, "phoned.toml").vpn
 
@@ -147,13 +155,17 @@ def test_server_address_accepts_ip_or_host_name(address: str) -> None:
 
 def test_inline_app_table_and_ipv6_endpoint(tmp_path: Path) -> None:
     key_file = private_file(tmp_path, WG_KEY, 0o600)
-    text = in_table(
-        "vpn",
-        "enabled = true",
-        f'private_key_file = "{key_file}"',
-        'address = "2001:db8:ff::2/128"',
-        f'primary = {{ endpoint = "[2001:db8::1]:51820", public_key = "{WG_KEY}",'
-        ' allowed_ips = ["2001:db8:1::/48"] }',
+    text = (
+        ACCOUNT
+        + '[server]\naddress = "2001:db8:1::10"\n'
+        + lines(
+            "[vpn]",
+            "enabled = true",
+            f'private_key_file = "{key_file}"',
+            'address = "2001:db8:ff::2/128"',
+            f'primary = {{ endpoint = "[2001:db8::1]:51820", public_key = "{WG_KEY}",'
+            ' allowed_ips = ["2001:db8:1::/48"] }',
+        )
     )
 
     vpn = parse_settings(text, "x").vpn
@@ -385,11 +397,15 @@ PEER = {
 }
 
 
+#: BASE with the primary inside [vpn.primary] allowed_ips of `vpn_text` (SPEC §6).
+VPN_BASE = ACCOUNT + '[server]\naddress = "198.18.1.10"\n'
+
+
 def vpn_text(key_file: Path, vpn_line: str = 'interface = "wg-phoned"', **backup: str) -> str:
     """An enabled, valid [vpn] with `vpn_line` at line 10 and the backup peer's endpoint,
     public_key and allowed_ips at lines 16, 17 and 18 (overridden by `backup`)."""
-    return in_table(
-        "vpn",
+    return VPN_BASE + lines(
+        "[vpn]",
         "enabled = true",
         f'private_key_file = "{key_file}"',
         'address = "198.18.0.2/32"',
@@ -498,7 +514,7 @@ def test_enabled_vpn_requires_its_keys() -> None:
         (
             "",
             0o600,
-            "must be a file holding a WireGuard private key, got {path} (empty or too large)",
+            "must be a file holding a WireGuard private key, got {path} (empty)",
         ),
     ],
 )
@@ -561,11 +577,11 @@ def test_password_file_0400_is_accepted(tmp_path: Path) -> None:
     ("make", "detail"),
     [
         (lambda tmp: tmp / "missing", "a readable file, got {path} (No such file or directory)"),
-        (lambda tmp: tmp, "a readable file, got {path} (Is a directory)"),
-        (make_fifo, "a readable file, got {path} (not a regular file)"),
+        (lambda tmp: tmp, "a readable file, got {path} (a directory, not a regular file)"),
+        (make_fifo, "a readable file, got {path} (a FIFO, not a regular file)"),
         (
             lambda tmp: private_file(tmp, " \n", 0o600),
-            "a file holding the password, got {path} (empty or too large)",
+            "a file holding the password, got {path} (empty)",
         ),
         (
             lambda tmp: private_file(tmp, "a\nb", 0o600),

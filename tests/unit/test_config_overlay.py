@@ -126,8 +126,10 @@ def test_app_given_as_url_or_table_replaces_the_other_form() -> None:
 
 
 def vpn_local(key_file: Path) -> str:
-    """LOCAL with an enabled [vpn] and both peers from line 17."""
-    return LOCAL + lines(
+    """LOCAL with an enabled [vpn] and both peers from line 17; the primary's address in
+    its peer's allowed_ips (SPEC §6)."""
+    local = LOCAL.replace('address = "203.0.113.10"', 'address = "198.18.1.10"')
+    return local + lines(
         "[vpn]",  # 17
         "enabled = true",
         f'private_key_file = "{key_file}"',

@@ -40,12 +40,23 @@ _KEY = re.compile(rf"\s*({_DOTTED})\s*=(.*)$")
 
 
 def split_key(dotted: str) -> KeyPath:
-    """`a."b.c".d` -> ("a", "b.c", "d"), with TOML's own unquoting."""
+    """`a."b.c".d` -> ("a", "b.c", "d"), with TOML's own unquoting.
+
+    Best effort, never raising: a line inside a multi-line string that the scanner took
+    for a key may hold a quoted "part" TOML refuses (`"\\q" = 1`); it is kept unquoted as is.
+    """
     parts: list[str] = []
     for part in re.findall(_PART, dotted):
-        quoted = part[0] in "\"'"
-        parts.append(tomllib.loads(f"k = {part}")["k"] if quoted else part)
+        parts.append(_unquote(part) if part[0] in "\"'" else part)
     return tuple(parts)
+
+
+def _unquote(part: str) -> str:
+    try:
+        value = tomllib.loads(f"k = {part}")["k"]
+    except tomllib.TOMLDecodeError:
+        return part[1:-1]
+    return value if isinstance(value, str) else part[1:-1]
 
 
 def _opens_multiline(rest: str) -> str:
@@ -138,6 +149,18 @@ class Overlay:
 
 # -------------------------------------------------------------------------- checker
 
+#: Problems told at most for one text: an installer fixes the first few and checks again;
+#: a hostile file with thousands of bad keys must not write a megabyte into the journal.
+MAX_REPORTED_PROBLEMS = 20
+
+
+def capped(messages: list[str], source: str) -> list[str]:
+    """The first MAX_REPORTED_PROBLEMS of `messages`, then one line saying how many more."""
+    if len(messages) <= MAX_REPORTED_PROBLEMS:
+        return messages
+    more = len(messages) - MAX_REPORTED_PROBLEMS
+    return [*messages[:MAX_REPORTED_PROBLEMS], f"{source}: {more} more problems not shown"]
+
 
 def did_you_mean(word: str, choices: Iterable[str], fmt: str = "{}") -> str:
     """ "; did you mean X?" for the choice closest to `word`, or "" when none is close."""
@@ -209,11 +232,11 @@ class Checker:
         self._in_overlay.append(in_overlay)
 
     def messages(self) -> list[str]:
-        """Every problem found: those in `source` by line, then those in the overlay by line."""
+        """The problems found (`capped`): those in `source` by line, then the overlay's."""
         order = sorted(
             range(len(self.found)), key=lambda i: (self._in_overlay[i], self.found[i][0])
         )
-        return [self.found[i][1] for i in order]
+        return capped([self.found[i][1] for i in order], self.source)
 
     def invalid(
         self, path: KeyPath, exc: Invalid, value: object, label: str = "", secret: bool = False

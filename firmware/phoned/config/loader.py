@@ -1,11 +1,13 @@
 """Settings of phoned (SPEC §3, §6, §7): one TOML file, parsed and validated into frozen data.
 
 Owns: loading a settings file, which tables and keys exist, which rule each key follows,
-the checks that span keys, and `SettingsError`. Reads the settings file, the
-`password_file`s and (when the VPN is enabled) the `private_key_file` it names, nothing else.
-Must not touch: the network, the SIP stack, logging, any process-wide state.
+how many apps and BLF keys there may be, and the checks that span keys. Reads the settings
+file, the `password_file`s and (when the VPN is enabled) the `private_key_file` it names,
+nothing else. Must not touch: the network, the SIP stack, logging, any process-wide state.
 The dataclasses live in `phoned.config.settings` (re-exported here: import them from here),
-the rules for single values in `phoned.config.rules`, line numbers and the collection of
+reading the file, the bounds of any settings text, the TOML parser and `SettingsError` in
+`phoned.config.parsing` (re-exported here), the rules for single values in
+`phoned.config.rules`, line numbers and the collection of
 problems in `phoned.config.check`, the `[vpn]` and `[provisioning]` tables in
 `phoned.config.vpn_table` and `phoned.config.provisioning_table`; a provisioned file laid
 over the local one is `phoned.config.overlay`'s.
@@ -20,11 +22,11 @@ from __future__ import annotations
 
 import difflib
 import os
-import tomllib
 from dataclasses import fields
 
 from phoned.config import rules as rule
-from phoned.config.check import Checker, KeyPath, Table, did_you_mean, scan_lines, syntax_error
+from phoned.config.check import Checker, KeyPath, Table, did_you_mean, scan_lines
+from phoned.config.parsing import SettingsError, parse_toml, read_settings_text
 from phoned.config.provisioning_table import PROVISIONING_KEYS, provisioning_settings
 from phoned.config.settings import (
     REDACTED,
@@ -41,8 +43,7 @@ from phoned.config.settings import (
     VpnPeer,
     VpnSettings,
 )
-from phoned.config.vpn_table import VPN_KEYS, vpn_settings
-from phoned.errors import ConfigError
+from phoned.config.vpn_table import VPN_KEYS, check_server_tunnels, vpn_settings
 
 __all__ = [
     "REDACTED",
@@ -66,15 +67,6 @@ __all__ = [
 ]
 
 
-class SettingsError(ConfigError):
-    """A settings file cannot be read or breaks rules; `errors` has one line per problem."""
-
-    def __init__(self, errors: list[str]) -> None:
-        super().__init__("\n".join(errors))
-        #: Every problem found, each "<file>:<line>: <what is wrong>", sorted by line.
-        self.errors = errors
-
-
 # ------------------------------------------------------------------------- loading
 
 
@@ -88,35 +80,11 @@ def load_settings(path: str | os.PathLike[str]) -> Settings:
         The valid settings.
 
     Raises:
-        SettingsError: (a ConfigError) the file is unreadable, not TOML, or breaks rules.
+        SettingsError: (a ConfigError) the file is unreadable, not a regular file, too
+            large, not TOML, or breaks rules.
     """
     source = os.fspath(path)
     return parse_settings(read_settings_text(source), source)
-
-
-def read_settings_text(source: str) -> str:
-    """The text of the settings file at path `source`.
-
-    Args:
-        source: Path of the file, also its name in messages.
-
-    Returns:
-        The file's text.
-
-    Raises:
-        SettingsError: (a ConfigError) the file cannot be read or is not UTF-8 text.
-    """
-    try:
-        with open(source, "rb") as file:
-            raw = file.read()
-    except OSError as exc:
-        raise SettingsError([f"cannot read {source}: {exc.strerror or exc}"]) from exc
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise SettingsError([f"{source}:{line}: invalid TOML: not UTF-8 text"]) from exc
-    return text
 
 
 def parse_settings(text: str, source: str) -> Settings:
@@ -132,10 +100,7 @@ def parse_settings(text: str, source: str) -> Settings:
     Raises:
         SettingsError: (a ConfigError) listing every problem found.
     """
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise SettingsError([syntax_error(text, source, exc)]) from exc
+    data = parse_toml(text, source)
     return settings_from(Checker(source, scan_lines(text)), data, source)
 
 
@@ -170,12 +135,21 @@ def settings_from(check: Checker, data: Table, source: str) -> Settings:
         service=_service(check, data),
         source=source,
     )
+    check_server_tunnels(check, settings)
     if check.found:
         raise SettingsError(check.messages())
     return settings
 
 
 # ----------------------------------------------------------------------- checking
+
+
+#: Phone Apps: each is a name in the phone's menu and a URL rewritten on every failover
+#: (SPEC §2 step 3, within §9's 250 ms); a menu of more than 64 is no longer a menu.
+MAX_APPS = 64
+#: Extensions watched: more than the line keys of a desk phone with its expansion modules;
+#: each is a SUBSCRIBE to re-establish on every failover within §9's 250 ms.
+MAX_BLF_KEYS = 128
 
 
 def _keys(cls: type) -> frozenset[str]:
@@ -321,6 +295,12 @@ def _blf_keys(check: Checker, data: Table) -> tuple[str, ...]:
     path = ("blf",)
     table = check.table(data, path, _TABLES["blf"])
     keys = check.take_list(table, path, "keys", rule.blf_key, "extensions")
+    if len(keys) > MAX_BLF_KEYS:
+        check.fail(
+            (*path, "keys"),
+            f"blf.keys must have at most {MAX_BLF_KEYS} extensions, got {len(keys)}",
+        )
+        return ()
     seen: set[str] = set()
     for index, key in enumerate(keys):
         if key in seen:
@@ -332,6 +312,9 @@ def _blf_keys(check: Checker, data: Table) -> tuple[str, ...]:
 def _apps(check: Checker, data: Table) -> tuple[AppLink, ...]:
     path = ("apps",)
     table = check.table(data, path, None)
+    if len(table) > MAX_APPS:
+        check.fail(path, f"[apps] must have at most {MAX_APPS} apps, got {len(table)}")
+        return ()
     apps: list[AppLink] = []
     for name, value in table.items():
         if isinstance(value, dict):

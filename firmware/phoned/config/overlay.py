@@ -10,7 +10,8 @@ name (password files, the VPN key), nothing else.
 
 Rule 1: `[service]` and `[board]` are local to the device; an overlay that sets either is
 refused at that line of the overlay.
-Rule 2: each text is parsed on its own (a syntax error names its own source and line); the
+Rule 2: each text is parsed on its own, within the bounds of `phoned.config.parsing` (a
+syntax error or a value out of bounds names its own source and line); the
 merged whole is validated by the same rules as one local file, and every problem names the
 text and line where its value was written. A missing key is reported against the local
 file, at its table there, unless that table was written by the overlay alone.
@@ -20,10 +21,10 @@ Rule 3: every problem is reported at once, as one `SettingsError`.
 from __future__ import annotations
 
 import os
-import tomllib
 
-from phoned.config.check import Checker, KeyPath, Overlay, Table, scan_lines, syntax_error
+from phoned.config.check import Checker, KeyPath, Overlay, Table, scan_lines
 from phoned.config.loader import SettingsError, read_settings_text, settings_from
+from phoned.config.parsing import parse_toml
 from phoned.config.settings import Settings
 
 __all__ = ["LOCAL_ONLY", "lay_over", "load_layered", "parse_layered"]
@@ -116,9 +117,9 @@ def lay_over(base: Table, top: Table, path: KeyPath = ()) -> tuple[Table, set[Ke
 
 
 def _parse(text: str, source: str, errors: list[str]) -> Table | None:
-    """The tables of `text`, or None with its syntax error appended to `errors`."""
+    """The tables of `text`, or None with its syntax or bounds errors added to `errors`."""
     try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        errors.append(syntax_error(text, source, exc))
+        return parse_toml(text, source)
+    except SettingsError as exc:
+        errors.extend(exc.errors)
         return None

@@ -5,7 +5,8 @@ value is shown in a message. Each rule takes the raw TOML value and returns the 
 store or raises `Invalid(expected)`; `phoned.config.loader` turns that into
 "<file>:<line>: <key> must be <expected>, got <value>".
 Must not touch: line numbers, tables, settings objects. Only `read_password_file` and
-`private_key_file` read files, and no rule puts a file's content in a message.
+`private_key_file` read files (through `phoned.config.files`), and no rule puts a file's
+content in a message.
 """
 
 from __future__ import annotations
@@ -14,16 +15,26 @@ import base64
 import binascii
 import ipaddress
 import json
+import math
 import os
+import pwd
 import re
 import stat
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from phoned.config.files import FileRefused, read_regular
+
 #: Longest path an AF_UNIX socket address holds on Linux (sun_path minus the NUL).
 MAX_SOCKET_PATH_BYTES = 107
 #: A secret file larger than this is not a password or key file.
 MAX_SECRET_FILE_BYTES = 4096
+#: The user the service runs as (board/phoned.service `User=phoned`; scripts/build-image
+#: creates it): a secret file it owns is accepted whoever checks the settings.
+SERVICE_USER = "phoned"
+#: An integer wider than this is shown by its size, not its digits: its 78 digits fit
+#: the 80 characters a shown value has anyway.
+_SHOWN_INT_BITS = 256
 
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 _SIP_USER = re.compile(r"[^\s@:;<>\"]+")
@@ -51,6 +62,9 @@ def show(value: object) -> str:
         text = "[" + ", ".join(show(item) for item in value) + "]"
     elif isinstance(value, dict):
         text = "{ " + ", ".join(f"{key} = {show(item)}" for key, item in value.items()) + " }"
+    elif isinstance(value, int) and value.bit_length() > _SHOWN_INT_BITS:
+        # str() of an integer of thousands of digits raises (sys.int_info): say its size
+        text = f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
     else:
         text = str(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -275,32 +289,63 @@ def socket_path(value: object) -> str:
     return path
 
 
-def _read_private(path: str) -> bytes:
-    """The content of a regular file only its owner may read (mode & 0o077 == 0)."""
+def _read_private(path: str, what: str) -> bytes:
+    """The content of a secret file holding `what` (SPEC §6, §7, §10): a regular file, not
+    a symbolic link, only its owner may read (mode & 0o077 == 0), owned by one of
+    `secret_owners()` (no one else may have read or written it), at most
+    MAX_SECRET_FILE_BYTES."""
     try:
-        # O_NONBLOCK: a FIFO planted at `path` must not hang the service on open().
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        with os.fdopen(descriptor, "rb") as file:
-            info = os.fstat(file.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise Invalid("a readable file", " (not a regular file)")
-            if info.st_mode & 0o077:
-                mode = f"{stat.S_IMODE(info.st_mode):04o}"
-                raise Invalid("a file only its owner can read (mode 0600)", f" (mode {mode})")
-            return file.read(MAX_SECRET_FILE_BYTES + 1)
-    except OSError as exc:
-        raise Invalid("a readable file", f" ({exc.strerror or exc})") from exc
+        return read_regular(path, MAX_SECRET_FILE_BYTES, follow_symlinks=False, vet=_private)
+    except FileRefused as exc:
+        if exc.too_large:
+            raise Invalid(f"a file holding {what}", f" ({exc.reason}: too large)") from exc
+        raise Invalid("a readable file", f" ({exc.reason})") from exc
+
+
+def _private(info: os.stat_result) -> None:
+    """Refuse a secret file others may read, or that another user owns (and may change)."""
+    if info.st_mode & 0o077:
+        mode = f"{stat.S_IMODE(info.st_mode):04o}"
+        raise Invalid("a file only its owner can read (mode 0600)", f" (mode {mode})")
+    owners = secret_owners()
+    if info.st_uid not in owners:
+        expected = f"a file owned by {' or '.join(owners.values())}"
+        raise Invalid(expected, f" (owned by {_user(info.st_uid)})")
+
+
+def secret_owners() -> dict[int, str]:
+    """Who may own a secret file, uid -> name for messages: root, the service's user
+    (SERVICE_USER, when it exists: so that root's `phoned check-config` accepts the files
+    the service reads) and the user running phoned."""
+    owners = {0: "root"}
+    try:
+        service = pwd.getpwnam(SERVICE_USER).pw_uid
+    except KeyError:
+        pass
+    else:
+        owners.setdefault(service, f"{SERVICE_USER} (uid {service}, the service's user)")
+    me = os.geteuid()
+    owners.setdefault(me, f"{_user(me)} (the user running phoned)")
+    return owners
+
+
+def _user(uid: int) -> str:
+    """'phoned (uid 999)', or 'uid 999' when no user has that id."""
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 def _secret_text(path: str, what: str) -> str:
     """The stripped text of a private file holding `what`; never shown in a message."""
-    content = _read_private(path)
+    content = _read_private(path, what)
     try:
         text = content.decode("utf-8").strip()
     except UnicodeDecodeError as exc:
         raise Invalid(f"a file holding {what}", " (not UTF-8 text)") from exc
-    if not text or len(content) > MAX_SECRET_FILE_BYTES:
-        raise Invalid(f"a file holding {what}", " (empty or too large)")
+    if not text:
+        raise Invalid(f"a file holding {what}", " (empty)")
     if any(ord(char) < 0x20 or ord(char) == 0x7F for char in text):
         raise Invalid(f"a file holding {what}", " (it holds control characters)")
     return text

@@ -26,7 +26,8 @@ class AccountSettings:
     username: str
     #: SIP password; read from `password_file` when that is given. Never printed.
     password: str = field(repr=False)
-    #: Absolute path of a file (mode 0600) holding the password; "" when not used.
+    #: Absolute path of a secret file (regular, not a symlink, mode 0600, owned by the
+    #: service's user or root) holding the password; "" when not used.
     password_file: str = ""
     #: Digest user name; defaults to `username`.
     auth_username: str = ""
@@ -132,7 +133,7 @@ class VpnSettings:
     enabled: bool = False
     #: Name of the WireGuard interface the service creates (at most 15 characters).
     interface: str = "wg-phoned"
-    #: Absolute path of the private key file (mode 0600).
+    #: Absolute path of the private key file (a secret file, as `password_file`).
     private_key_file: str = ""
     #: The phone's tunnel address with prefix length, e.g. "198.18.0.2/32".
     address: str = ""
@@ -157,7 +158,8 @@ class ProvisioningSettings:
     tls_ca_file: str = ""
     #: HTTP auth (basic or digest) user name for the provisioning server; "" for none.
     username: str = ""
-    #: Absolute path of a file (mode 0600) holding the HTTP auth password; "" for none.
+    #: Absolute path of a secret file (as `AccountSettings.password_file`) holding the HTTP
+    #: auth password; "" for none.
     #: Given together with `username`, or not at all.
     password_file: str = ""
     #: The HTTP auth password read from `password_file` ("" when none). Never printed.
