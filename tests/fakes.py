@@ -12,6 +12,7 @@ from typing import Any
 from phoned.core.events import Server
 from phoned.errors import PhonedError
 from phoned.sip.account import SipTarget
+from phoned.sip.leaving import Leaving
 
 # --- clocks
 
@@ -72,10 +73,12 @@ class FakeSipStack:
         self.server: Server | None = None
         self.target: SipTarget | None = None
         self.peers: dict[Server, tuple[str, ...]] = {}
+        self.left: Leaving | None = None
 
-    def use_server(self, server: Server, target: SipTarget) -> None:
-        """Record the server and target (or fail)."""
+    def use_server(self, server: Server, target: SipTarget, *, left: Leaving | None = None) -> None:
+        """Record the server, the target and what was said of the server left (or fail)."""
         self.log.record("sip", f"use_server {server.value} {target.host}:{target.port}")
+        self.left = left
         if self.fail == "use_server":
             raise StepFailedError(f"pjsua refused the {server.value} account")
         self.server, self.target = server, target

@@ -453,15 +453,23 @@ def test_names_are_resolved_at_each_cycle_with_srv(
     assert all(backup_cycles), "the backup never depended on the primary's name"
 
 
-def test_tls_by_name_checks_the_configured_name_also_through_srv(
+@pytest.mark.parametrize(
+    ("backup_names", "backup_up"),
+    [(["pbx2.lab.test"], True), ([PBX2_IP], False), (["sips.lab.test"], False)],
+    ids=["srv-target", "ip-only", "domain-only"],
+)
+def test_tls_by_name_checks_the_name_looked_up_and_through_srv_the_srv_target(
     make_pbx: MakePbx,
     lab_ca: CertAuthority,
     dns: DnsServer,
     start_session: Callable[..., Session],
+    backup_names: list[str],
+    backup_up: bool,
 ) -> None:
-    # RFC 5922: the certificate must name the configured domain, not the SRV target.
+    # Issue 12: through SRV, the certificate must name the SRV target (the name the SIP
+    # stack connects to and verifies), neither its IP nor the domain that was queried.
     make_pbx("pbx1", tls=lab_ca.issue("byname-pbx1", ["pbx1.lab.test"]))
-    make_pbx("pbx2", tls=lab_ca.issue("byname-pbx2", ["sips.lab.test"]))
+    make_pbx("pbx2", tls=lab_ca.issue(f"byname-pbx2-{backup_names[0]}", backup_names))
     dns.set_a("pbx1.lab.test", PBX1_IP)
     dns.set_a("pbx2.lab.test", PBX2_IP)
     dns.set_srv("_sips._tcp.sips.lab.test", "pbx2.lab.test", TLS_PORT)
@@ -473,7 +481,10 @@ def test_tls_by_name_checks_the_configured_name_also_through_srv(
     [primary] = session.verdicts("primary")
     [backup] = session.verdicts("backup")
     assert (primary["up"], primary["resolved"]) == (True, [PBX1_IP, TLS_PORT])
-    assert (backup["up"], backup["resolved"]) == (True, [PBX2_IP, TLS_PORT])
+    assert (backup["up"], backup["resolved"]) == (backup_up, [PBX2_IP, TLS_PORT])
+    if not backup_up:
+        assert backup["reason"].startswith("TLS certificate rejected: Hostname mismatch")
+        assert "'pbx2.lab.test'" in backup["reason"]  # checked against the SRV target
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import StartPhone
 from test_probe_transports import data_times, syn_times, tcpdump_lines
 from test_service import (
@@ -242,3 +243,71 @@ def test_port_0_probes_and_registers_at_the_srv_target(
     assert [p for p in packets if p.dst == PBX1_IP and p.dport != SRV_PORT] == []
     assert phone.events("use_server", server="primary")[0]["sip"] == f"{PBX1_IP}:{SRV_PORT}"
     assert kamailio_holds_contact(primary)
+
+
+# ------------------------------------------------------------------ 5. SRV and TLS
+
+
+def srv_tls(ca: Path) -> dict[str, Any]:
+    """`start_phone` arguments: the primary through `_sips._tcp.voip1.lab.test` over TLS,
+    the backup at its address on the TLS port."""
+    server = {"transport": "tls", "port": 0, "tls_ca_file": str(ca)}  # SPEC §3: 0 = SRV
+    settings = {"server": server, "redundancy": {"backup_destination_port": TLS_PORT}}
+    return {"primary": "voip1.lab.test", "backup": PBX2_IP, "settings": settings}
+
+
+def serve_srv(dns: DnsServer) -> None:
+    """`_sips._tcp.voip1.lab.test` -> pbx1.lab.test:5061 -> PBX1_IP."""
+    dns.set_a("pbx1.lab.test", PBX1_IP)
+    dns.set_srv("_sips._tcp.voip1.lab.test", "pbx1.lab.test", TLS_PORT)
+
+
+def test_srv_with_tls_verifies_the_srv_targets_name_at_start_and_at_failback(
+    lab: Lab,
+    make_pbx: MakePbx,
+    lab_ca: CertAuthority,
+    dns: DnsServer,
+    faults: Faults,
+    start_phone: StartPhone,
+) -> None:
+    # Issue 12: the certificate names the SRV target only, not its IP nor the SIP domain.
+    primary = make_pbx("pbx1", tls=lab_ca.issue("srv-target-pbx1", ["pbx1.lab.test"]))
+    backup = make_pbx("pbx2", tls=lab_ca.issue("srv-pbx2", [PBX2_IP]))
+    serve_srv(dns)
+    phone = start_phone(**srv_tls(lab_ca.cert))
+    registered(phone, "primary")
+    probes_up(phone)
+    assert phone.events("use_server", server="primary")[0]["sip"] == f"pbx1.lab.test:{TLS_PORT}"
+    assert kamailio_holds_contact(primary)
+
+    faults.blackhole(lab.pbx1, TLS_PORT, proto="tcp")
+    fail_over(phone)
+    assert kamailio_holds_contact(backup)
+    faults.unblackhole(lab.pbx1)
+    fail_back(phone)  # UseServer brings the address that answered: its SRV name is used
+    back = phone.events("use_server", server="primary")[-1]
+    assert back["sip"] == f"pbx1.lab.test:{TLS_PORT}", back
+    assert phone.status()["servers"]["primary"]["registration"] == "registered"
+
+
+@pytest.mark.parametrize("names", [[PBX1_IP], ["voip1.lab.test"]], ids=["ip", "domain"])
+def test_srv_with_tls_refuses_a_certificate_not_naming_the_srv_target(
+    make_pbx: MakePbx,
+    lab_ca: CertAuthority,
+    dns: DnsServer,
+    start_phone: StartPhone,
+    names: list[str],
+) -> None:
+    primary = make_pbx("pbx1", tls=lab_ca.issue(f"srv-wrong-{names[0]}", names))
+    make_pbx("pbx2", tls=lab_ca.issue("srv-pbx2-ok", [PBX2_IP]))
+    serve_srv(dns)
+    phone = start_phone(**srv_tls(lab_ca.cert))
+
+    phone.wait_event("registration", 10, server="primary", state="failed")
+    wait_cycles(phone, "primary", 1, timeout_s=2 * INTERVAL_S + 2)
+    failed = [ln for ln in phone.lines() if "registration: primary" in ln and " failed " in ln]
+    assert "TLS certificate rejected by" in failed[0], failed  # pjsua checked the name
+    judged = phone.status()["servers"]["primary"]["last_cycle"]
+    assert judged["up"] is False
+    assert "TLS certificate rejected: Hostname mismatch" in judged["reason"], judged
+    assert primary.registrations() == []

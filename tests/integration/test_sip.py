@@ -27,6 +27,7 @@ from phoned.sip.account import RetryPolicy, account_config, sip_uri
 from phoned.sip.stack import (
     BlfChanged,
     BlfState,
+    Leaving,
     PjsuaStack,
     RegistrationChanged,
     RegState,
@@ -254,6 +255,65 @@ def test_failback_keeps_backup_while_primary_refuses(
     assert phone.stack.registration(Server.PRIMARY) is RegState.IDLE
     assert phone.stack.registration(Server.BACKUP) is RegState.REGISTERED
     assert phone.recorder.states(Server.BACKUP) == [RegState.REGISTERING, RegState.REGISTERED]
+
+
+def _requests_from(packets: list[Any], port: int) -> list[str]:
+    """Methods of the SIP requests the phone (its local `port`) sent, in order."""
+    found = [sip_summary(p.payload) for p in packets if p.sport == port]
+    return [summary.method for summary in found if summary is not None and summary.method]
+
+
+def test_failback_from_a_dead_backup_sends_the_backup_nothing(
+    make_phone: MakePhone, pbx1: KamailioPbx, tmp_path: Path
+) -> None:
+    with lab_pbx("dead-backup", "127.0.0.12", tmp_path, presence=True) as pbx2:
+        phone = make_phone(blf_keys=["1002"])
+        register(phone, Server.BACKUP, pbx2)
+        wait_for(lambda: phone.stack.blf_states() == {"1002": BlfState.IDLE}, phone.stack)
+        bpf = f"udp and host {pbx2.host} and port {pbx2.port}"
+        with Capture(None, tmp_path / "backup.pcap", bpf=bpf) as capture:
+            pbx2.freeze()  # SPEC §10: the backup died; the switch says so
+            try:
+                phone.stack.use_server(Server.PRIMARY, target_of(pbx1), left=Leaving.DEAD)
+                wait_for(lambda: phone.stack.registration(Server.PRIMARY) is RegState.REGISTERED,
+                         phone.stack)  # fmt: skip
+                poll_until(phone.stack, lambda: False, 0.7)  # past pjsip's first retransmission
+            finally:
+                pbx2.thaw()
+            sent = _requests_from(capture.packets(), phone.local_port)
+
+    assert sent == []  # neither un-REGISTER nor un-SUBSCRIBE, hence no retransmissions
+    assert phone.stack.registration(Server.BACKUP) is RegState.IDLE
+    assert [r for r in pbx1.requests() if r.startswith("REGISTER")]
+
+
+@pytest.mark.parametrize("backup_up", [True, False])
+def test_failback_before_the_backups_verdict_waits_for_it(
+    make_phone: MakePhone, pbx1: KamailioPbx, pbx2: KamailioPbx, tmp_path: Path, backup_up: bool
+) -> None:
+    phone = make_phone()
+    register(phone, Server.BACKUP, pbx2)
+    bpf = f"udp and host {pbx2.host} and port {pbx2.port}"
+    with Capture(None, tmp_path / "backup.pcap", bpf=bpf) as capture:
+        phone.stack.use_server(Server.PRIMARY, target_of(pbx1), left=Leaving.JUDGING)
+        wait_for(lambda: phone.stack.registration(Server.PRIMARY) is RegState.REGISTERED,
+                 phone.stack)  # fmt: skip
+        poll_until(phone.stack, lambda: False, 0.2)  # the primary holds us: the backup waits
+        waiting = _requests_from(capture.packets(), phone.local_port)
+        still = phone.stack.registration(Server.BACKUP)
+
+        phone.stack.server_judged(Server.BACKUP, up=backup_up)
+        wait_for(lambda: phone.stack.registration(Server.BACKUP) is RegState.IDLE, phone.stack)
+        poll_until(phone.stack, lambda: False, 0.2)
+        after = _requests_from(capture.packets(), phone.local_port)
+
+    assert (waiting, still) == ([], RegState.REGISTERED)
+    if backup_up:  # SPEC §2: un-REGISTERed, no stale contact on the backup
+        assert set(after) == {"REGISTER"}
+        assert not registered_here(pbx2, phone.local_port)
+    else:  # SPEC §10: a dead backup gets nothing; its binding expires there
+        assert after == []
+        assert registered_here(pbx2, phone.local_port)
 
 
 def test_digest_auth_answers_the_challenge(make_phone: MakePhone, pbx1: KamailioPbx) -> None:

@@ -212,3 +212,66 @@ def test_incoming_call_from_a_stranger_gets_403(
     assert CallState.CONFIRMED not in [c.state for c in call_events(phone)]
     assert stranger.calls_answered() == 0
     assert phone.stack.calls() == []
+
+
+def _methods_from(capture: Capture, port: int) -> list[str]:
+    found = [sip_summary(p.payload) for p in capture.packets() if p.sport == port]
+    return [s.method for s in found if s is not None and s.method]
+
+
+def test_link_change_registers_the_backup_and_sends_a_dead_primarys_kept_call_nothing(
+    make_phone: MakePhone, pbx2: KamailioPbx, waiting_peer: SippCallPeer, tmp_path: Path
+) -> None:
+    with pbx_routing_to("calls-primary", "127.0.0.11", tmp_path, waiting_peer) as pbx1:
+        phone = make_phone()
+        register(phone, Server.PRIMARY, pbx1)
+        call_id = phone.stack.call("2000")
+        wait_for(lambda: state_now(phone, call_id) is CallState.CONFIRMED, phone.stack)
+        pbx1.freeze()  # the primary dies while the call is up: its account is kept, muted
+        try:
+            phone.stack.use_server(Server.BACKUP, target_of(pbx2))
+            wait_for(lambda: phone.stack.registration(Server.BACKUP) is RegState.REGISTERED,
+                     phone.stack)  # fmt: skip
+            with (
+                Capture(None, tmp_path / "dead.pcap", bpf=f"udp and host {pbx1.host}") as dead,
+                Capture(None, tmp_path / "live.pcap", bpf=f"udp and host {pbx2.host}") as live,
+            ):
+                phone.stack.link_changed("back after 3.0 s: test")  # SPEC §10
+                poll_until(phone.stack, lambda: False, 0.7)  # past pjsip's first retransmission
+                to_dead = _methods_from(dead, phone.local_port)
+                to_live = _methods_from(live, phone.local_port)
+        finally:
+            pbx1.thaw()
+
+    assert to_dead == []  # neither a REGISTER of the kept account nor a re-INVITE
+    assert "REGISTER" in to_live  # the server in use: registered again at once
+    assert phone.stack.registration(Server.BACKUP) is RegState.REGISTERED
+    assert [c.server for c in phone.stack.calls()] == [Server.PRIMARY]  # the call goes on
+
+
+def test_link_change_never_registers_a_live_backup_kept_for_a_call_again(
+    make_phone: MakePhone, pbx1: KamailioPbx, waiting_peer: SippCallPeer, tmp_path: Path
+) -> None:
+    with pbx_routing_to("calls-backup", "127.0.0.12", tmp_path, waiting_peer) as pbx2:
+        phone = make_phone()
+        register(phone, Server.BACKUP, pbx2)
+        call_id = phone.stack.call("2000")
+        wait_for(lambda: state_now(phone, call_id) is CallState.CONFIRMED, phone.stack)
+        phone.stack.use_server(Server.PRIMARY, target_of(pbx1))
+        wait_for(lambda: phone.stack.registration(Server.BACKUP) is RegState.IDLE, phone.stack)
+
+        with Capture(None, tmp_path / "backup.pcap", bpf=f"udp and host {pbx2.host}") as capture:
+            phone.stack.link_changed("addresses now test")
+            wait_for(lambda: len(pbx1.registrations()) == 1 and _registers(pbx1) > 2,
+                     phone.stack)  # fmt: skip
+            poll_until(phone.stack, lambda: False, 0.3)
+            to_backup = _methods_from(capture, phone.local_port)
+        assert pbx2.registrations() == []  # SPEC §2: still no contact on the backup
+        assert state_now(phone, call_id) is CallState.CONFIRMED
+
+    assert "REGISTER" not in to_backup  # the call may be refreshed (re-INVITE), nothing more
+    assert phone.stack.registration(Server.PRIMARY) is RegState.REGISTERED
+
+
+def _registers(pbx: KamailioPbx) -> int:
+    return len([r for r in pbx.requests() if r.startswith("REGISTER")])

@@ -29,6 +29,7 @@ from phoned.probe.resolve import (
     make_prober,
     resolve_target,
     srv_name,
+    srv_target_name,
 )
 from phoned.probe.stream import StreamProber
 from phoned.probe.udp import UdpProber
@@ -107,7 +108,7 @@ def test_srv_lowest_priority_first_then_highest_weight_with_a_short_timeout() ->
         ),
         srv=srv_table({"_sip._tcp.pbx.lab": records}, seen),
     )
-    assert resolved == ProbeTarget("192.0.2.2", 5080, name="pbx.lab")
+    assert resolved == ProbeTarget("192.0.2.2", 5080, name="heavy.lab")  # the SRV target
     assert seen == [("_sip._tcp.pbx.lab", seen[0][1])]
     assert 0 < seen[0][1] < 1.0  # SPEC §1: the answer must be in before t = 0
 
@@ -124,7 +125,22 @@ def test_srv_skips_targets_that_do_not_resolve_and_the_dot() -> None:
         addresses=hosts({"ok.lab": ["192.0.2.12"]}),
         srv=srv_table({"_sips._tcp.pbx.lab": records}),
     )
-    assert resolved == ProbeTarget("192.0.2.12", 5062, name="pbx.lab")
+    assert resolved == ProbeTarget("192.0.2.12", 5062, name="ok.lab")
+
+
+def test_srv_remembers_which_target_gave_an_address_for_the_sip_stack() -> None:
+    """Issue 12: TLS verifies the SRV target's name; the shell gets the address that
+    answered a probe and asks which target that was."""
+    records = [SrvRecord(1, 0, 5061, "pbx1.voip.lab"), SrvRecord(2, 0, 5061, "pbx2.voip.lab")]
+    lookup = srv_table({"_sips._tcp.voip.lab": records})
+    addresses = hosts({"pbx1.voip.lab": ["192.0.2.11"], "pbx2.voip.lab": ["192.0.2.12"]})
+    resolve_target(ProbeTarget("voip.lab", 0), "tls", addresses=addresses, srv=lookup)
+
+    assert srv_target_name("voip.lab", "tls", ("192.0.2.11", 5061)) == "pbx1.voip.lab"
+    assert srv_target_name("VOIP.lab.", "tls", ("192.0.2.11", 5061)) == "pbx1.voip.lab"
+    assert srv_target_name("voip.lab", "tls", ("192.0.2.12", 5061)) is None  # never used
+    assert srv_target_name("voip.lab", "tcp", ("192.0.2.11", 5061)) is None
+    assert srv_target_name("other.lab", "tls", ("192.0.2.11", 5061)) is None
 
 
 def test_srv_with_no_usable_record_raises() -> None:

@@ -151,7 +151,9 @@ class UseServer:
     #: Whether the server being left may still be alive (it answered in the deciding
     #: cycle, or nothing says it died). False when it was judged down: SPEC §10, a switch
     #: away from a dead server sends nothing to it (no un-REGISTER retransmitted to it).
-    left_alive: bool = field(default=True, compare=False)
+    #: None when its verdict of this cycle is not in yet (a failback at the primary's
+    #: reply): the shell waits for the `CycleJudged` that says.
+    left_alive: bool | None = field(default=True, compare=False)
 
 
 @dataclass(frozen=True)

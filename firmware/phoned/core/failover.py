@@ -322,7 +322,9 @@ class FailoverPolicy:
             return []
         needed = self._settings.failback_cycles
         reason = f"primary {probe.verdict.reason}; primary up {good} of {needed} cycles"
-        use = self._use(_P, reason, probe.verdict.address)
+        backup = open_cycle.probes.get(_B)
+        pending = backup is not None and backup.verdict is None  # the shell waits for it
+        use = self._use(_P, reason, probe.verdict.address, left_alive=None if pending else True)
         return [use, *self._set_service(Service.OK, reason)]
 
     def _on_failure(self, event: ProbeFailed) -> None:
@@ -379,7 +381,7 @@ class FailoverPolicy:
         reason: str,
         address: tuple[str, int] | None = None,
         *,
-        left_alive: bool = True,
+        left_alive: bool | None = True,
     ) -> UseServer:
         self._active = server
         self._good_primary = 0

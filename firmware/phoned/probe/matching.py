@@ -24,8 +24,8 @@ class ProbeTarget:
 
     As configured (`make_prober`'s input), `host` is an IP literal or a name, and port 0
     asks for DNS SRV. As handed to a transport prober, `host` is always an IP literal and
-    `name` the configured name it was resolved from (None for a literal): TLS checks the
-    server certificate against `name or host`.
+    `name` the name that was looked up for it (the configured name, or the SRV target;
+    None for a literal): TLS checks the server certificate against `name or host`.
     """
 
     host: str

@@ -1,10 +1,10 @@
 """Server names resolved at each cycle (SPEC §1), and the prober stack that uses them.
 
-Owns: turning a configured server (`ProbeTarget` with an IP or a name, port 0 = DNS SRV)
-into an IP literal and port; the lookups, run on worker threads shortly before each cycle
-starts; `ResolvingProber`, which hands the results to a transport prober; `make_prober`,
-which builds the right stack for the settings. Must not touch: the schedule or verdicts
-(the core's), sockets of the transport probers, pjsua2.
+Owns: running the lookups of the configured servers (`lookup`: a name or SRV to an IP
+literal and port) on worker threads shortly before each cycle starts; `ResolvingProber`,
+which hands the results to a transport prober; `make_prober`, which builds the right
+stack for the settings. Must not touch: the schedule or verdicts (the core's), sockets
+of the transport probers, pjsua2.
 
 Rule 1: a lookup starts `lead_s` before each cycle start (the monitor calls `prepare`),
 each on a daemon thread of its own, so a slow name never delays the other server's
@@ -14,9 +14,8 @@ Rule 2: attempt 1 of a cycle binds the cycle to the latest lookup started. Every
 of that cycle then uses its result: an address (the transport prober is retargeted when
 it changed) or a miss, `ProbeFailed(..., "name does not resolve")`, or "name lookup
 timed out" while it is still running. No stale address from an older cycle is used.
-Rule 3: SRV (`port = 0`) queries `_sip._udp.`, `_sip._tcp.` or `_sips._tcp.` + name per
-transport, with a timeout under one second; records are tried lowest priority first
-(then highest weight), each target through getaddrinfo (A/AAAA, /etc/hosts honoured).
+Rule 3: the lookups themselves (A/AAAA, SRV, the SRV target's name kept for TLS) are
+`lookup`'s; their names are re-exported here.
 Rule 4: results are logged once per change ("resolve: primary pbx1.lab -> 192.0.2.11:5060").
 """
 
@@ -28,17 +27,25 @@ import socket
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
 
-import dns.exception
-import dns.resolver
-
 from phoned.clock import Clock
 from phoned.core.events import Event, ProbeFailed, Server
-from phoned.errors import PhonedError
 from phoned.probe.connection import tls_context
+from phoned.probe.lookup import (
+    LEAD_S,
+    SRV_TIMEOUT_S,
+    AddressLookup,
+    ResolveError,
+    SrvLookup,
+    SrvRecord,
+    lookup_addresses,
+    lookup_srv,
+    resolve_target,
+    srv_name,
+    srv_target_name,
+)
 from phoned.probe.matching import ProbeTarget
 from phoned.probe.sipmsg import format_hostport
 from phoned.probe.stream import StreamProber
@@ -46,109 +53,15 @@ from phoned.probe.udp import UdpProber
 
 log = logging.getLogger(__name__)
 
-NO_NAME = "name does not resolve"
-LOOKUP_LATE = "name lookup timed out"
-#: Seconds before a cycle start at which its lookups begin (SRV timeout + margin).
-LEAD_S = 1.0
-#: SRV query lifetime, under one second so that the result is in before t = 0.
-SRV_TIMEOUT_S = 0.8
-_SRV_PREFIX = {"udp": "_sip._udp.", "tcp": "_sip._tcp.", "tls": "_sips._tcp."}
-_DEFAULT_PORT = {"udp": 5060, "tcp": 5060, "tls": 5061}
-
-
-class ResolveError(PhonedError, LookupError):
-    """A server name has no usable address."""
-
-
-@dataclass(frozen=True, slots=True)
-class SrvRecord:
-    """One DNS SRV answer (RFC 2782)."""
-
-    priority: int
-    weight: int
-    port: int
-    target: str  #: host name, without the final dot; "." or "" = service not offered
-
-
-AddressLookup = Callable[[str], Sequence[str]]
-SrvLookup = Callable[[str, float], Sequence[SrvRecord]]
+__all__ = [
+    "LEAD_S", "LOOKUP_LATE", "NO_NAME", "SRV_TIMEOUT_S", "AddressLookup", "ResolveError",
+    "ResolvingProber", "SrvLookup", "SrvRecord", "TransportProber", "lookup_addresses",
+    "lookup_srv", "make_prober", "resolve_target", "srv_name", "srv_target_name",
+]  # fmt: skip
 Resolve = Callable[[ProbeTarget], ProbeTarget]
 
-
-def srv_name(name: str, transport: str) -> str:
-    """The SRV owner name for `name` over `transport` (RFC 3263 §4.1)."""
-    return _SRV_PREFIX[transport] + name.rstrip(".")
-
-
-def lookup_addresses(host: str) -> list[str]:
-    """IP literals of `host` via getaddrinfo, in its order of preference.
-
-    Raises:
-        ResolveError: the name does not resolve.
-    """
-    try:
-        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise ResolveError(f"{host}: {exc}") from exc
-    addresses = [str(info[4][0]) for info in infos]
-    return list(dict.fromkeys(addresses))  # unique, order kept
-
-
-def lookup_srv(qname: str, timeout_s: float) -> list[SrvRecord]:
-    """The SRV records of `qname`, from the resolvers of /etc/resolv.conf (re-read).
-
-    Raises:
-        ResolveError: no such name or record, no answer within `timeout_s`.
-    """
-    try:
-        answer = dns.resolver.Resolver().resolve(qname, "SRV", lifetime=timeout_s, search=False)
-    except dns.exception.DNSException as exc:
-        raise ResolveError(f"{qname}: {exc}") from exc
-    return [
-        SrvRecord(r.priority, r.weight, r.port, r.target.to_text(omit_final_dot=True))
-        for r in answer
-    ]
-
-
-def resolve_target(
-    target: ProbeTarget,
-    transport: str,
-    *,
-    addresses: AddressLookup = lookup_addresses,
-    srv: SrvLookup = lookup_srv,
-    srv_timeout_s: float = SRV_TIMEOUT_S,
-) -> ProbeTarget:
-    """An IP literal and port for a configured target; `name` keeps the configured name.
-
-    Raises:
-        ResolveError: the name (or every SRV target) does not resolve.
-    """
-    if target.is_literal:
-        return ProbeTarget(target.host, target.port or _DEFAULT_PORT[transport], target.name)
-    name = target.host
-    if target.port:
-        return ProbeTarget(_first_address(name, addresses), target.port, name)
-    qname = srv_name(name, transport)
-    records = sorted(
-        (r for r in srv(qname, srv_timeout_s) if r.target not in {"", "."}),
-        key=lambda r: (r.priority, -r.weight),
-    )
-    failures: list[str] = []
-    for record in records:
-        try:
-            return ProbeTarget(_first_address(record.target, addresses), record.port, name)
-        except ResolveError as exc:
-            failures.append(str(exc))
-    raise ResolveError(
-        f"{qname}: no usable SRV target" + (f" ({'; '.join(failures)})" if failures else "")
-    )
-
-
-def _first_address(host: str, addresses: AddressLookup) -> str:
-    found = list(addresses(host))
-    if not found:
-        raise ResolveError(f"{host}: no address")
-    return found[0]
+NO_NAME = "name does not resolve"
+LOOKUP_LATE = "name lookup timed out"
 
 
 class TransportProber(Protocol):
@@ -354,7 +267,9 @@ class ResolvingProber:
         error = None if future.cancelled() else future.exception()
         if error is None and not future.cancelled():
             target = future.result()
-            text = f"resolve: {server.value} {name} -> {format_hostport(target.host, target.port)}"
+            via = f"{target.name} " if target.name and target.name != name else ""
+            shown = format_hostport(target.host, target.port)
+            text = f"resolve: {server.value} {name} -> {via}{shown}"
         else:
             text = f"resolve: {server.value} {name} does not resolve ({error}) -> down this cycle"
         if self._logged.get(server) != text:

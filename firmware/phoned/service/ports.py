@@ -14,13 +14,16 @@ from typing import Any, Protocol
 
 from phoned.core.events import Server
 from phoned.sip.account import SipTarget
+from phoned.sip.leaving import Leaving
 
 
 class SipStack(Protocol):
     """Registration, subscriptions and new calls on one server at a time (SPEC §2 step 2)."""
 
-    def use_server(self, server: Server, target: SipTarget) -> None:
-        """Register on `server` at `target`; subscriptions and new calls follow.
+    def use_server(self, server: Server, target: SipTarget, *, left: Leaving | None = None) -> None:
+        """Register on `server` at `target`; subscriptions and new calls follow. The other
+        server is sent nothing more when `left` is DEAD (SPEC §10), else un-REGISTERed
+        once `server` is registered (JUDGING: if its verdict says it is up).
 
         Raises:
             PhonedError: the stack refused (the switch reports it and goes on).

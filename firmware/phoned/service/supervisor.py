@@ -39,6 +39,7 @@ from phoned.core.events import (
 )
 from phoned.errors import PhonedError
 from phoned.logfmt import log_event
+from phoned.net.linkwatch import LinkWatch
 from phoned.service import journal, sdnotify
 from phoned.service.applier import ConfigApplier
 from phoned.service.configsource import Built, ConfigSource
@@ -89,6 +90,7 @@ class Supervisor:
         self._ready = False
         self._stuck_logged: set[str] = set()
         self._vpn_status_at = float("-inf")
+        self._link: LinkWatch | None = None  # SPEC §10: the phone's own link (run())
         #: True when `run()` returned to be re-exec'd (check-sync reboot, a key that
         #: cannot change live): the caller execs the same command line.
         self.reexec = False
@@ -125,6 +127,7 @@ class Supervisor:
             signal.signal(signum, self._on_signal)
         signal.signal(signal.SIGHUP, lambda _s, _f: self._provisioner.request("SIGHUP"))
         self._start_adapters()
+        self._watch_link()
         self.phone.control.start()
         self.phone.monitor.start()
         self._provisioner.start()
@@ -133,6 +136,7 @@ class Supervisor:
         code = 0
         while not self._stop.is_set():
             self.phone.sip.poll(self._poll_ms())
+            self._check_link()
             self._drain_actions()
             self._work.drain()
             if self._applier.flash_ended():
@@ -213,11 +217,25 @@ class Supervisor:
         self._provisioner.stop()
         phone.monitor.stop()
         phone.sip.shutdown(timeout_s=1.0)  # un-REGISTER still travels the tunnel
+        if self._link is not None:
+            self._link.close()
         if phone.vpn is not None:
             phone.vpn.stop()  # routes removed (SPEC §6), interface and wireguard-go gone
         phone.control.stop()
         phone.device.close()
         log_event(log, "stopped", "phoned: stopped", took_ms=(time.monotonic() - started) * 1000)
+
+    # -- the phone's own link (SPEC §10: registered again once it is back) -----------
+    def _watch_link(self) -> None:
+        """Netlink link and address events, read on this loop (never the VPN's own)."""
+        vpn = self.phone.live.get().vpn
+        self._link = LinkWatch(ignore=[vpn.interface] if vpn.enabled else [])
+
+    def _check_link(self) -> None:
+        change = self._link.poll() if self._link is not None else None
+        if change is not None:
+            log_event(log, "link", f"link: {change.reason}", addresses=" ".join(change.addresses))
+            self.phone.sip.link_changed(change.reason)  # sip/moves.py Rule 7
 
     # -- new settings ---------------------------------------------------------------
     def _resync(self) -> dict[str, Any]:

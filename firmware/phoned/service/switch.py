@@ -19,6 +19,7 @@ from phoned.core.events import Server
 from phoned.errors import PhonedError
 from phoned.service.ports import Apps, SipStack, Vpn
 from phoned.sip.account import SipTarget
+from phoned.sip.leaving import Leaving
 
 log = logging.getLogger("phoned")
 
@@ -33,6 +34,9 @@ class SwitchPlan:
     server: Server
     sip: SipTarget
     call_sources: Mapping[Server, Sequence[str]]
+    #: what the deciding cycle said of the server left (`UseServer.left_alive`); DEAD
+    #: sends it nothing (SPEC §10). None: the SIP stack presumes (failover: dead).
+    left: Leaving | None = None
 
 
 @dataclass(slots=True)
@@ -84,7 +88,7 @@ class Switch:
         where = f"{plan.server.value} {plan.sip.host}:{plan.sip.port}"
         try:
             self._sip.accept_calls_from(plan.call_sources)
-            self._sip.use_server(plan.server, plan.sip)
+            self._sip.use_server(plan.server, plan.sip, left=plan.left)
         except PhonedError as exc:
             log.error("switch: registering on %s failed: %s", where, exc)
             return f"failed: {exc}"

@@ -16,8 +16,13 @@ from dataclasses import dataclass, replace
 
 from phoned.config.settings import Settings
 from phoned.core.events import Server
+from phoned.probe.lookup import (
+    ResolveError,
+    lookup_addresses,
+    resolve_target,
+    srv_target_name,
+)
 from phoned.probe.matching import ProbeTarget
-from phoned.probe.resolve import ResolveError, lookup_addresses, resolve_target
 from phoned.sip.stack import SipTarget
 
 
@@ -72,17 +77,24 @@ def sip_target(targets: ServerTargets, answered: tuple[str, int] | None) -> SipT
     A name with a port goes to pjsua as it is (it resolves A/AAAA itself, and TLS checks the
     certificate against that name). With port 0 (SRV) pjsua would not look up SRV, so it
     gets the address the server answered from (`UseServer.address`); only a switch no
-    probe decided (start-up, keep-alive off) looks the SRV record up here.
+    probe decided (start-up, keep-alive off) looks the SRV record up here. Over TLS it
+    gets the SRV target's name with that port instead (issue 12: pjsua verifies the
+    certificate against the name it connects to, and an IP would be checked as an IP).
     """
     sip = targets.sip
     if sip.port:
         return sip
+    name = None
     if answered is None:
         try:
-            answered = resolve_target(targets.probe, sip.transport).address
+            resolved = resolve_target(targets.probe, sip.transport)
         except ResolveError:
             return replace(sip, port=5061 if sip.transport == "tls" else 5060)
-    return replace(sip, host=answered[0], port=answered[1])
+        answered, name = resolved.address, resolved.name
+    elif sip.transport == "tls":
+        name = srv_target_name(targets.probe.host, sip.transport, answered)
+    host = name if sip.transport == "tls" and name else answered[0]
+    return replace(sip, host=host, port=answered[1])
 
 
 def call_sources(targets: Mapping[Server, ServerTargets]) -> dict[Server, tuple[str, ...]]:

@@ -13,6 +13,9 @@ refused later (`SipError` from `require()`), never the whole start.
 Rule 2: transaction timers are process-global in pjsip: `register_timeout_s` shortens
 Timer F (non-INVITE, e.g. REGISTER) and Timer B (INVITE) alike. T1/T2/T4 keep RFC 3261's
 values, so retransmissions stay at +0.5, +1.5, +3.5 s...
+Rule 3 (SPEC §10): when the phone's link comes back or changes address, the stack calls
+`handle_ip_change`; STACK-NOTES had it "from the API reference, not yet tried": measured
+since with a link down and up in the lab (tests/integration/test_sip_link.py).
 """
 
 from __future__ import annotations
@@ -194,6 +197,19 @@ class SipEndpoint:
     def handle_events(self, timeout_ms: int) -> None:
         """Run pjsip's timers and sockets once, up to `timeout_ms`."""
         self._ep.libHandleEvents(max(0, timeout_ms))
+
+    def handle_ip_change(self) -> None:
+        """pjsua's IP change handling (Rule 3): TCP/TLS connections shut down, listeners
+        bound afresh, then every account that has a registrar sends a REGISTER and its
+        confirmed calls a re-INVITE (pjsua_core.c `handle_ip_change_on_acc`).
+
+        Raises:
+            pj.Error: pjsua refused.
+        """
+        param = pj.IpChangeParam()
+        param.shutdownTransport = True  # connections bound to the old path would hang
+        param.restartListener = True  # the UDP socket and the Contact take the new address
+        self._ep.handleIpChange(param)
 
     def tls_rejection_since(self, since: float) -> TlsRejection | None:
         """The last rejected certificate, when it happened at or after `since`."""

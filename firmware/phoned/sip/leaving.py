@@ -2,8 +2,9 @@
 
 Owns: the accounts `stack` no longer uses for new traffic: those *leaving* (un-REGISTER
 in flight, Rule 2 of `stack`), those *kept* only because calls set up through them are
-still up (Rule 4), and the shut-down ones, referenced until `libDestroy` (STACK-NOTES:
-pjsua2 may call into them until then).
+still up (Rule 4 of `stack`), and the shut-down ones, referenced until `libDestroy`
+(STACK-NOTES: pjsua2 may call into them until then); and `Leaving`, what a switch knows
+of the server it leaves.
 Must not touch: the current accounts, the choice of server, calls themselves (it only
 asks `CallBook.live_on`), or the library's life cycle.
 
@@ -18,11 +19,15 @@ UNREGISTERING) is handed back by `revive()` when the stack switches back to that
 and target. A new account there would register the same Contact, and the leaver's
 un-REGISTER, landing after it (measured: a retransmission 0.5-1.5 s later), removed that
 binding while the new account believed itself registered.
+Rule 5 (SPEC §10): a kept account never registers again, not even when the link comes
+back: pjsua's IP change handling REGISTERs every account that has a registrar, so
+`keep_unregistered()` takes it away first (`moves` Rule 7).
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 from collections.abc import Callable
 
@@ -34,8 +39,31 @@ from phoned.sip.calls import CallBook
 
 log = logging.getLogger("phoned.sip")
 
+
+class Leaving(enum.Enum):
+    """What a switch knows of the server it leaves (SPEC §2, §10)."""
+
+    #: Down in the cycle that decided the switch: it is sent nothing at all (Rule 1); its
+    #: binding and subscriptions expire there.
+    DEAD = "dead"
+    #: Up in that cycle: un-SUBSCRIBEd and un-REGISTERed once the new server registered.
+    ALIVE = "alive"
+    #: Its verdict of that cycle is still to come (a failback decided by the primary's
+    #: reply): kept as it is until the verdict says ALIVE or DEAD.
+    JUDGING = "judging"
+
+    @classmethod
+    def from_verdict(cls, alive: bool | None) -> Leaving:
+        """The core's `UseServer.left_alive`: True, False, or None (not judged yet)."""
+        if alive is None:
+            return cls.JUDGING
+        return cls.ALIVE if alive else cls.DEAD
+
+
 #: States in which an account still has (or may soon have) a binding on its server.
 _BOUND = frozenset({RegState.REGISTERING, RegState.REGISTERED, RegState.UNREGISTERING})
+#: States in which a REGISTER or un-REGISTER of the account is in flight.
+_PENDING = frozenset({RegState.REGISTERING, RegState.UNREGISTERING})
 Record = Callable[[Server, RegState, int, str], None]
 
 
@@ -119,6 +147,26 @@ class LeavingAccounts:
             elif account.state not in _BOUND:
                 self._bury(account, "")
         self._reap_kept(force=False)
+
+    def keep_unregistered(self) -> None:
+        """Rule 5, before pjsua's IP change handling (which REGISTERs every account that
+        has a registrar): a kept account loses its registrar, so it never registers
+        again; one of a dead server is also refused a re-INVITE of its calls. Nothing
+        reaches the wire (muted). One still (un)registering is left: pjsua refuses it
+        a REGISTER while that is pending (PJSIP_EBUSY)."""
+        for account, muted in self._kept:
+            config = account.config
+            if not config.regConfig.registrarUri or account.state in _PENDING:
+                continue
+            config.regConfig.registrarUri = ""
+            if muted:
+                config.ipChangeConfig.reinviteFlags = 0
+            with self.gate.muted() if self.gate is not None else contextlib.nullcontext():
+                try:
+                    account.modify(config)
+                except pj.Error as exc:
+                    log.warning("sip: %s account kept for calls: %s -> may register again",
+                                account.server.value, exc.info())  # fmt: skip
 
     def finish(self) -> None:
         """At shutdown: delete every leaver and kept account, answered or not."""

@@ -9,28 +9,34 @@ Must not touch: the choice of server (the failover core's), sockets other than p
 or pjsua2 from any thread but the owner: pjsua2 aborts the process when called from an
 unregistered thread, so every public method raises `SipError` there instead.
 
-Rule 1 (SPEC §2 failover): `use_server(BACKUP)` creates the backup account first (its
-REGISTER leaves at once), then drops the primary's WITHOUT an un-REGISTER: the primary
-is presumed dead, and pjsip would retransmit the un-REGISTER to it for 32 s.
-Rule 2 (SPEC §2 failback): `use_server(PRIMARY)` keeps the backup account until the
-primary answers 2xx; only then is the backup un-REGISTERed, so that it holds no stale
-contact. While the primary fails, the backup stays registered.
+Rule 1 (SPEC §2 failover, §10): a server left `Leaving.DEAD` (down in the cycle that
+decided the switch; by default on a failover) is sent nothing: the new account is created
+first (its REGISTER leaves at once), then the dead server's is dropped WITHOUT an
+un-REGISTER and its subscriptions without un-SUBSCRIBEs (pjsip would retransmit them to
+it for 32 s); its binding expires there.
+Rule 2 (SPEC §2 failback): a server left `Leaving.ALIVE` (by default on a failback) keeps
+its account until the new server answers 2xx; only then is it un-REGISTERed, so that it
+holds no stale contact. While the new server fails, the old one stays registered. One
+left `Leaving.JUDGING` (a failback at the primary's reply, before the backup's verdict)
+waits for that verdict (`server_judged`): up makes it ALIVE, down makes it DEAD.
 Rule 3: registration, call, lamp and check-sync events are recorded inside pjsua2
 callbacks (and the request hook) and handed to `on_event` by `poll()`, `use_server()`,
 `call()`... and `shutdown()` once pjsua2 has returned, on the owner thread: `on_event`
 may call back into the stack.
 Rule 4 (SPEC §1/§2): neither failover nor failback ends a call. An account that leaves
 while calls set up through it are up is kept (registration off) until they end.
-Rule 5 (STACK-NOTES, BLF): on failover the dead server's subscriptions are dropped
-silently and its account deleted before the backup's buddies are created; on failback
-the backup's are un-SUBSCRIBEd once the primary is REGISTERED, then the backup is
-un-REGISTERed and the primary's subscriptions are created.
+Rule 5 (STACK-NOTES, BLF): a dead server's subscriptions are dropped silently and its
+account deleted before the new server's buddies are created; a live server's are
+un-SUBSCRIBEd once the new server is REGISTERED, then it is un-REGISTERed and the new
+server's subscriptions are created.
 Rule 6: a switch ends registered on the server it names, or says why and retries.
 Switching back to a server whose account is still leaving (its REGISTER or un-REGISTER
 pending) makes that account current again (`leaving.py` Rule 3); one caught
 un-REGISTERing is asked for a REGISTER, which pjsua refuses (PJSIP_EBUSY) until the
 un-REGISTER is answered. Every REGISTER pjsua refuses is reported FAILED with why and
 retried after a random spread (`registration.py`, from `poll()`).
+Rule 7 (SPEC §10): after the phone's link comes back (`link_changed`), every current
+account registers again at once and nothing on its way out does (`moves.py`).
 """
 
 from __future__ import annotations
@@ -60,8 +66,9 @@ from phoned.sip.calls import CallBook, CallChanged, CallDirection, CallInfo, Cal
 from phoned.sip.checksync import CheckSyncInbox, CheckSyncReceived
 from phoned.sip.dialog_info import BlfState
 from phoned.sip.endpoint import SipEndpoint
-from phoned.sip.features import PhoneFeatures, SipEvent
-from phoned.sip.leaving import LeavingAccounts
+from phoned.sip.features import SipEvent
+from phoned.sip.leaving import Leaving, LeavingAccounts
+from phoned.sip.moves import ServerMoves
 from phoned.sip.pjsip_hooks import IncomingRequestHook
 from phoned.sip.registration import Registrar
 from phoned.sip.subscriptions import BlfSubscriptions
@@ -74,6 +81,7 @@ __all__ = [
     "CallInfo",
     "CallState",
     "CheckSyncReceived",
+    "Leaving",
     "PjsuaStack",
     "RegState",
     "RegistrationChanged",
@@ -86,11 +94,12 @@ __all__ = [
 log = logging.getLogger("phoned.sip")
 
 
-class PjsuaStack(PhoneFeatures):
+class PjsuaStack(ServerMoves):
     """pjsua2 with one account per server; every method on the `start()` thread.
 
     Calls, BLF lamps and check-sync (`call`, `hangup`, `answer`, `calls`, `blf_states`,
-    `accept_calls_from`, `checksync_refused`) come from `PhoneFeatures` (`features`).
+    `accept_calls_from`, `checksync_refused`) come from `PhoneFeatures` (`features`);
+    `server_judged`, `link_changed` and the account moves from `ServerMoves` (`moves`).
 
     pjsua2 is one library per process, and a second `pj.Endpoint()` aborts the process
     (measured: C++ `terminate`): only one stack may be started at a time.
@@ -153,6 +162,8 @@ class PjsuaStack(PhoneFeatures):
         self._hook: IncomingRequestHook | None = None
         self._checksync = CheckSyncInbox()
         self._release_when_registered: Server | None = None
+        self._release_awaits_verdict = False  # Rule 2: a JUDGING server is left as it is
+        self._relink: tuple[float, dict[Server, int]] | None = None  # Rule 7
         self._registrar = Registrar(
             identity, register_expires=register_expires, retry=retry or RetryPolicy(),
             accounts=self._accounts, on_change=self._on_account_change,
@@ -264,12 +275,17 @@ class PjsuaStack(PhoneFeatures):
         self._check_thread()
         return self._reported[server][0]
 
-    def use_server(self, server: Server, target: SipTarget) -> None:
+    def use_server(self, server: Server, target: SipTarget, *, left: Leaving | None = None) -> None:
         """Register on `server` at `target` and leave the other server (Rules 1 and 2).
 
         Calling it again for the server in use with the same target does nothing.
 
         A REGISTER (or account) pjsua refuses is reported FAILED and retried (Rule 6).
+
+        Args:
+            server, target: where to register now.
+            left: what the switch knows of the other server (Rules 1 and 2); None: a
+                failover leaves a dead primary, a failback a live backup.
 
         Raises:
             SipError: wrong thread, not started, or the target's transport is unavailable.
@@ -287,15 +303,15 @@ class PjsuaStack(PhoneFeatures):
         other = server.other
         if other not in self._accounts:
             self._registrar.cancel(other)  # a retry to create it is moot now
-        if server is Server.BACKUP:
-            self._release_when_registered = None
-            if other in self._accounts:
-                self._end_blf(other, send=False)  # Rule 5: the primary is presumed dead
-                self._registrar.cancel(other)
-                self._leavers.drop_silently(self._accounts.pop(other))
-        elif other in self._accounts:
-            self._release_when_registered = other  # Rule 5: BLF moves once registered
-        if created and self._release_when_registered is None:
+        if left is None:
+            left = Leaving.ALIVE if server is Server.PRIMARY else Leaving.DEAD
+        if other not in self._accounts or left is Leaving.DEAD:
+            self._release_when_registered, self._release_awaits_verdict = None, False
+            self._drop_dead(other)
+        else:  # Rule 5: BLF moves once registered (and, JUDGING, once judged up)
+            self._release_when_registered = other
+            self._release_awaits_verdict = left is Leaving.JUDGING
+        if self._release_when_registered is None and (created or self._blf_server is None):
             self._subscribe_blf(server)
         self._update_peers()
         self._settle()
@@ -325,42 +341,15 @@ class PjsuaStack(PhoneFeatures):
         self._check_thread()
         self._calls.auto_answer = enabled
 
-    def _take_account(self, server: Server, target: SipTarget) -> None:
-        """Rule 6: `server`'s leaver at `target` becomes current again, else a new one."""
-        self._registrar.cancel(server)
-        account = self._leavers.revive(server, target)
-        if account is None:
-            self._registrar.create(server, target)
-            return
-        self._accounts[server] = account
-        log.info("sip: %s account at %s:%d still %s -> current again",
-                 server.value, target.host, target.port, account.state.value)  # fmt: skip
-        if account.state is RegState.UNREGISTERING:
-            self._registrar.register(account)  # refused until the un-REGISTER is answered
-        else:
-            self._on_account_change(account)
-
-    def _release(self, server: Server) -> None:
-        """Rule 2: un-REGISTER `server`'s account, then delete it once answered."""
-        self._registrar.cancel(server)
-        self._leavers.release(self._accounts.pop(server))
-
     def _settle(self) -> None:
-        """Act on recorded changes (calls, retries, release the backup, reap leavers),
-        report."""
+        """Act on recorded changes (calls, retries, release the backup, the link's
+        REGISTERs, reap leavers), report."""
         self._calls.settle()
         for account in self._registrar.run_due():  # an account created at last
             if self._release_when_registered is None:
                 self._subscribe_blf(account.server)
-        waiting = self._release_when_registered
-        if waiting is not None:
-            newcomer = self._accounts.get(waiting.other)
-            if newcomer is not None and newcomer.state is RegState.REGISTERED:
-                self._release_when_registered = None
-                self._end_blf(waiting, send=True)  # Rule 5: un-SUBSCRIBE the backup first
-                if waiting in self._accounts:
-                    self._release(waiting)
-                self._subscribe_blf(waiting.other)
+        self._release_if_registered()
+        self._check_relink()
         self._leavers.progress()
         self._flush()
 
