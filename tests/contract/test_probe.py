@@ -337,6 +337,7 @@ def test_a_reply_from_another_port_is_not_an_answer(
     prober.send(P, cycle=1, attempt=1)
     # Had the side reply counted, 200 would come first and 486 would be a duplicate.
     assert collect(prober, answers(1)) == [ProbeAnswered(P, 1, 1, 486, 0.0)]
+    assert prober.unmatched == 1  # SPEC §10: the spoof reached the phone and is counted
 
 
 def test_late_answer_to_attempt_1_counts_as_attempt_1(

@@ -4,9 +4,13 @@ Owns: one UDP socket per probed server, the attempts sent in the last two cycles
 the matching of replies to attempts. Must not touch: timing (when to send is the core's
 `SendProbe`; the monitor calls `send` at once), failover decisions, pjsua2.
 
-Rule 1: one `connect()`ed socket per server. Linux reports ICMP port unreachable only to
-a connected UDP socket (STACK-NOTES): the error fails the next `recv` (or the next `send`,
-and that datagram is *not* sent), within a fraction of a millisecond of the probe.
+Rule 1: one socket per server, bound to the local address the route to it picks, *not*
+connected, with IP_RECVERR. An unconnected socket receives what any source sends it, so
+a spoofed or stray reply (wrong address or port) reaches the matching and is counted,
+where a connected socket's kernel would drop it unseen (SPEC §10). IP_RECVERR still
+reports ICMP port unreachable as a connected socket would (STACK-NOTES): the error fails
+the next `recv` (or the next `send`, and that datagram is *not* sent), within a fraction
+of a millisecond of the probe; its copy in the error queue is drained and dropped.
 Rule 2: a reply counts only if it matches an attempt exactly (`matching.AttemptBook`): top
 Via branch, Call-ID, CSeq number and method, and the source address and port of the
 target. Anything else is counted in `unmatched` and ignored. A final reply is reported
@@ -44,6 +48,10 @@ from phoned.probe.sipmsg import (
 log = logging.getLogger(__name__)
 
 _MAX_DATAGRAM = 65535
+#: Linux's IP_RECVERR and IPV6_RECVERR (Python 3.11 has no constants for them).
+_RECVERR = {socket.AF_INET: (socket.IPPROTO_IP, 11), socket.AF_INET6: (socket.IPPROTO_IPV6, 25)}
+#: An ICMP error's queued copy: the offending datagram (ours) and its extended error.
+_ERRQUEUE_ANCILLARY = 512
 #: Datagrams read per `receive` call at most, so a flood cannot starve the monitor loop;
 #: the rest stay readable for its next `select`.
 _MAX_DRAIN = 256
@@ -76,12 +84,12 @@ class _Link:
     sock: socket.socket
     book: AttemptBook
     cseq: Iterator[int]
-    template: OptionsTemplate | None = None  #: built once the socket is connected
+    template: OptionsTemplate | None = None  #: built once a route to the target is known
     local_host: str = ""
 
 
 class UdpProber:
-    """Sends OPTIONS over UDP, one connected socket per server, and matches the replies.
+    """Sends OPTIONS over UDP, one socket per server (rule 1), and matches the replies.
 
     Args:
         targets: where each probed server is reached (only the primary when
@@ -184,6 +192,7 @@ class UdpProber:
                 log.debug("probe: %d bytes from %s unmatched -> ignored", len(data), source)
             else:
                 events.append(answer)
+        _drain_error_queue(sock)  # reported through the socket's error already (rule 1)
         return events
 
     def retarget(self, targets: Mapping[Server, ProbeTarget]) -> None:
@@ -257,9 +266,7 @@ class UdpProber:
             raise ProbeError(f"probe: cannot build OPTIONS for {server.value}: {exc}") from exc
         family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
         try:
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            sock.setblocking(False)
-            arrival.enable(sock)  # replies count by their arrival (SPEC §10)
+            sock = _new_socket(family)
         except OSError as exc:
             raise ProbeError(f"probe: cannot open a socket for {server.value}: {exc}") from exc
         book = AttemptBook(server, (str(ip), target.port))
@@ -270,15 +277,21 @@ class UdpProber:
         return link
 
     def _connect(self, link: _Link) -> OptionsTemplate | str:
-        """Connect `link.sock` and build its template; the template, or why not.
+        """Bind `link.sock` where the route to the target leaves and build its template;
+        the template, or why not.
 
-        The Via carries the local address the kernel chose for this route, and replies
-        are accepted from the peer exactly as the kernel spells it (as `recvfrom` will).
+        A throwaway connected socket asks the kernel which local address the route picks;
+        the probe socket binds there (rule 1). The Via carries that address, and replies
+        are accepted from the peer exactly as the kernel spells it (as `recvmsg` will).
         """
         try:
-            link.sock.connect((link.target.host, link.target.port))
+            with socket.socket(link.sock.family, socket.SOCK_DGRAM) as route:
+                route.connect((link.target.host, link.target.port))
+                local_ip = route.getsockname()[0]
+                peer_host, peer_port = route.getpeername()[:2]
+            if link.sock.getsockname()[1] == 0:  # not bound yet
+                link.sock.bind((local_ip, 0))
             local_host, local_port = link.sock.getsockname()[:2]
-            peer_host, peer_port = link.sock.getpeername()[:2]
         except OSError as exc:
             return network_reason(exc)
         local_host = local_host.partition("%")[0]  # no IPv6 zone id in a Via
@@ -297,7 +310,7 @@ class UdpProber:
         for _ in range(2):
             sent_at = self._clock.now()
             try:
-                link.sock.send(data)
+                link.sock.sendto(data, link.book.peer)
             except ConnectionRefusedError:
                 # A pending ICMP error of an earlier attempt failed this send without
                 # sending: report it for that attempt, then try once more for this one.
@@ -306,12 +319,26 @@ class UdpProber:
                 events.extend(self._failed_latest(link, "port unreachable"))
                 continue
             except OSError as exc:
+                if exc.errno in (errno.EADDRNOTAVAIL, errno.EINVAL, errno.ENETUNREACH):
+                    self._rebind(link)  # our address (or its route) went away: find it afresh
                 return [*events, ProbeFailed(link.server, cycle, attempt, network_reason(exc))]
             link.book.record(
                 branch, cycle=cycle, attempt=attempt, call_id=call_id, cseq=cseq, sent_at=sent_at
             )
             return events
         return [*events, ProbeFailed(link.server, cycle, attempt, "port unreachable")]
+
+    def _rebind(self, link: _Link) -> None:
+        """A fresh socket for `link`, bound at the next send where the route leaves then
+        (the phone's address changed); the attempts sent stay in its book."""
+        try:
+            fresh = _new_socket(link.sock.family)
+        except OSError as exc:
+            log.warning("probe: %s: no new socket: %s", link.server.value, exc)
+            return
+        link.sock.close()
+        link.sock, link.template = fresh, None
+        log.info("probe: %s: the local address went away -> new socket", link.server.value)
 
     def _failed_latest(self, link: _Link, reason: str) -> list[Event]:
         latest = link.book.latest
@@ -320,6 +347,29 @@ class UdpProber:
         cycle, attempt = latest
         log.debug("probe: %s attempt %d of cycle %d: %s", link.server.value, attempt, cycle, reason)
         return [ProbeFailed(link.server, cycle, attempt, reason)]
+
+
+def _new_socket(family: socket.AddressFamily) -> socket.socket:
+    """A non-blocking, unbound UDP socket with ICMP errors (rule 1) and arrival stamps."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(*_RECVERR[family], 1)
+    except OSError:
+        sock.close()
+        raise
+    arrival.enable(sock)  # replies count by their arrival (SPEC §10)
+    return sock
+
+
+def _drain_error_queue(sock: socket.socket) -> None:
+    """Drop the queued copies of ICMP errors (each was reported once through the socket's
+    error); left queued, they would keep the socket readable."""
+    for _ in range(_MAX_DRAIN):
+        try:
+            sock.recvmsg(_MAX_DATAGRAM, _ERRQUEUE_ANCILLARY, socket.MSG_ERRQUEUE)
+        except OSError:  # EAGAIN: empty
+            return
 
 
 def network_reason(exc: OSError) -> str:
