@@ -31,9 +31,9 @@ from phoned.config.files import FileRefused, read_regular
 from phoned.config.rules import show
 from phoned.errors import ConfigError
 
-#: The most a settings file may hold: the provisioning cap (SPEC §7,
-#: `phoned.provision.fetch.MAX_FILE_BYTES`) for the local file too, so both obey one
-#: bound. The annotated example with every key (board/phoned.toml) is under 9 KiB.
+#: The most a settings file may hold, local or fetched (`phoned.provision.fetch` caps
+#: its downloads with it), so both obey one bound. The annotated example with every key
+#: (board/phoned.toml) is under 9 KiB.
 MAX_SETTINGS_FILE_BYTES = 256 * 1024
 #: Tables and arrays inside one another: the schema's deepest value is 3 levels down
 #: (`vpn.primary.allowed_ips[0]`, `apps.<name>.url`); 8 leaves room and keeps every

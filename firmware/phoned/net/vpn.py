@@ -33,6 +33,7 @@ from wireguard_tools import WireguardConfig, WireguardDevice, WireguardKey, Wire
 from wireguard_tools.wireguard_netlink import WireguardNetlinkDevice
 from wireguard_tools.wireguard_uapi import WG_UAPI_SOCKET_DIR
 
+from phoned.config.rules import secret_owners
 from phoned.config.settings import VpnPeer, VpnSettings
 from phoned.core.events import Server
 from phoned.errors import VpnError
@@ -69,6 +70,9 @@ def read_private_key(path: str) -> WireguardKey:
                 f"vpn: private key file {path} has mode {mode}, readable by others -> "
                 f"refused; make it 0600 (chmod 600 {path})"
             )
+        if info.st_uid not in (owners := secret_owners()):  # as checked at load (SPEC §10)
+            allowed = " or ".join(owners.values())
+            raise VpnError(f"vpn: private key file {path} is not owned by {allowed} -> refused")
         text = handle.read(256).strip()
     try:
         return WireguardKey(text)

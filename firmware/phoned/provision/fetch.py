@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
+from phoned.config.parsing import MAX_SETTINGS_FILE_BYTES
 from phoned.errors import ProvisioningError
 from phoned.provision import auth
 from phoned.provision.http import Answer, Deadline, get, request_target, tls_context
 
-#: SPEC §7: a provisioning file larger than this is refused (256 KiB).
-MAX_FILE_BYTES = 256 * 1024
+#: SPEC §7: a provisioning file larger than this is refused (256 KiB, as a local file).
+MAX_FILE_BYTES = MAX_SETTINGS_FILE_BYTES
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _SCHEMES = ("http", "https")
