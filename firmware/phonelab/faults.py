@@ -1,8 +1,10 @@
 """Faults the lab inflicts on a PBX: silence (nftables drop), loss, stop, freeze (SPEC §8).
 
 Owns: one nftables table per namespace (`phoned_lab`, or `phoned_lab_<pid>` in the
-current namespace so parallel runs on one host never delete each other's), and the list
-of faults a `Faults` object applied, so that `undo_all()` restores everything.
+current namespace so parallel runs on one host never delete each other's), the bridge
+table `phoned_lab_wire` in the lab's switch namespace (random loss on the wire, both
+ways: `wire_loss`), and the list of faults a `Faults` object applied, so that
+`undo_all()` restores everything.
 Must not touch: any other nftables table, and any process but the `KamailioPbx` it is
 handed (`tc netem` is not available here, STACK-NOTES: delays come from `SippResponder`).
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -19,6 +22,8 @@ from phonelab.kamailio import KamailioPbx
 from phonelab.netns import ns_argv
 
 TABLE = "phoned_lab"
+#: The bridge table of `wire_loss`, in the lab's switch namespace.
+WIRE_TABLE = "phoned_lab_wire"
 #: Transports a drop rule can match (TCP drops SYNs too: connections go silent).
 PROTOCOLS = ("udp", "tcp")
 
@@ -92,6 +97,38 @@ def lossy(
     _apply(netns, _drop_rule(port, host, loss_percent), host)
 
 
+def wire_loss(switch_netns: str, losses: Mapping[str, int], port: int = 5060) -> None:
+    """Drop at random, on the lab's bridge, `losses[host]` % of the UDP datagrams to
+    `host:port` and, on their own, of those from it (SPEC §10: loss on the wire).
+
+    On the bridge, not in the server's namespace: a datagram dropped there has left its
+    sender, which sees no error (a drop in the sender's own output hook fails its
+    `sendto()` with EPERM, and Kamailio then answers 500), and never reaches the other
+    side's interface, so a capture at the phone holds exactly what arrived. A round trip
+    survives with probability (1 - loss)^2. The table holds every host's rules at once;
+    `losses` replaces it whole ({} lifts it).
+
+    Raises:
+        LabError: a percentage outside 0..100, or nft failed.
+    """
+    rules = []
+    for host, percent in sorted(losses.items()):
+        if not 0 <= percent <= 100:
+            raise LabError(f"faults: loss for {host} must be 0..100 %, got {percent}")
+        chance = f"numgen random mod 100 < {percent} drop"
+        rules += [f"ip daddr {host} udp dport {port} {chance}"]
+        rules += [f"ip saddr {host} udp sport {port} {chance}"]
+    script = f"add table bridge {WIRE_TABLE}\ndelete table bridge {WIRE_TABLE}\n"
+    if rules:
+        script += (
+            f"table bridge {WIRE_TABLE} {{\n  chain forward {{\n"
+            "    type filter hook forward priority -10; policy accept;\n"
+            + "".join(f"    {rule}\n" for rule in rules)
+            + "  }\n}\n"
+        )
+    _nft(switch_netns, script)
+
+
 def unblackhole(netns: str | None) -> None:
     """Remove the lab's table from `netns` (no-op when there is none)."""
     table = table_name(netns)
@@ -106,6 +143,8 @@ class Faults:
     filtered: set[str | None] = field(default_factory=set)
     #: PBXs frozen and not yet thawed.
     frozen: list[KamailioPbx] = field(default_factory=list)
+    #: Loss on the wire: switch namespace -> host -> percent (`wire_loss`).
+    wire: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def blackhole(
         self, netns: str | None, port: int = 5060, *, host: str | None = None, proto: str = "udp"
@@ -120,6 +159,13 @@ class Faults:
         """`lossy()`, remembered for `undo_all()`."""
         self.filtered.add(netns)
         lossy(netns, loss_percent, port, host=host)
+
+    def wire_loss(self, switch_netns: str, host: str, loss_percent: int) -> None:
+        """Lose `loss_percent` % of `host`'s SIP datagrams each way on the wire (0 lifts
+        it); the other hosts' losses stay (`wire_loss()`)."""
+        losses = self.wire.setdefault(switch_netns, {})
+        losses[host] = loss_percent
+        wire_loss(switch_netns, {h: p for h, p in losses.items() if p})
 
     def unblackhole(self, netns: str | None) -> None:
         """Lift the drop rules in `netns`."""
@@ -141,7 +187,8 @@ class Faults:
         self.frozen.remove(pbx)
 
     def undo_all(self) -> None:
-        """Thaw what is frozen and lift every drop rule; errors are collected, then raised."""
+        """Thaw what is frozen, lift every drop rule and wire loss; errors are collected,
+        then raised."""
         errors: list[str] = []
         for pbx in list(self.frozen):
             if pbx.running:
@@ -152,6 +199,12 @@ class Faults:
                 self.unblackhole(netns)
             except LabError as exc:
                 errors.append(str(exc))
+        for switch_netns in list(self.wire):
+            try:
+                wire_loss(switch_netns, {})
+            except LabError as exc:
+                errors.append(str(exc))
+            del self.wire[switch_netns]
         if errors:
             raise LabError("; ".join(errors))
 
