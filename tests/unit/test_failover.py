@@ -223,6 +223,17 @@ def test_late_deadline_landing_on_a_grid_point_starts_that_cycle_at_once() -> No
     assert phone.policy.cycle == 2
 
 
+def test_a_start_more_than_100_ms_late_is_skipped_to_keep_the_grid() -> None:
+    """SPEC §10: a stall resumes on the grid; a cycle is never started off it (issue 12:
+    SIGSTOP for 1.25 intervals started the missed cycle 500 ms late)."""
+    phone = Phone(PolicySettings(interval_s=2.0))
+    phone.clock.set(T0 + 0.5)
+    assert phone.policy.on_deadline(T0 + 0.5) == []
+    assert phone.policy.next_deadline() == T0 + 2.0
+    phone.clock.set(T0 + 2.1)  # 100 ms late: still this cycle
+    assert phone.policy.on_deadline(T0 + 2.1) == [SendProbe(P, 1, 1)]
+
+
 def test_slightly_late_deadline_still_starts_that_cycle() -> None:
     phone = Phone(PolicySettings(interval_s=10.0))
     phone.clock.set(T0 + 0.003)

@@ -42,7 +42,8 @@ Rules:
 10. Stalls (SPEC §10). An attempt whose deadline is only run once the wait after it is over
    too (the process was stopped, paused or starved) cannot follow §1 on the wire: its cycle
    is voided (`CycleVoided`), with no verdict and no decision. Whole cycles missed are
-   skipped (rule 1); the grid goes on, never replayed in a burst.
+   skipped (rule 1), and so is a start more than 100 ms late: the grid goes on, never
+   replayed in a burst nor shifted.
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ from phoned.core.policy import PolicyError, PolicySettings, PolicySnapshot
 
 _SERVICE_UNAVAILABLE = 503  # SPEC §1: "503 counts as no reply"
 _KEEPALIVE_OFF = "keep-alive probing off: service follows registration"
+#: A cycle start this much later than its grid point is skipped (rule 10): far beyond a
+#: busy machine's scheduling delay (ms), well below any §1 wait.
+_LATE_START_S = 0.1
 
 
 _P, _B = Server.PRIMARY, Server.BACKUP
@@ -248,13 +252,10 @@ class FailoverPolicy:
         return actions
 
     def _start_cycle(self, number: int, now: float) -> list[Action]:
-        # A start so late that its attempt 2 would be due (a stall, rule 10) is skipped
-        # too, like whole cycles missed: the grid goes on, no burst.
-        late_limit = min(
-            self._grid_start(number + 1),
-            self._grid_start(number) + self._settings.attempt_timeouts_s[0],
-        )
-        if late_limit <= now:
+        # A start later than _LATE_START_S (a stall, rule 10) is skipped too, like whole
+        # cycles missed: cycles stay on the grid, never a burst or a start off it.
+        late_limit = min(self._grid_start(number + 1), self._grid_start(number) + _LATE_START_S)
+        if late_limit < now:
             missed = int((now - self._anchor_s) // self._settings.interval_s)
             skip_to = max(number + 1, self._anchor_cycle + missed)
             while self._grid_start(skip_to) < now:  # (a late start is skipped too)
