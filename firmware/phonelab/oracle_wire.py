@@ -225,15 +225,23 @@ def registrations_per_stay(
     """For each stay on one server (from the start or a move to the next move): its start,
     the server and how many registrations (distinct Call-IDs of binding REGISTERs sent to
     it) it took. SPEC §10: one per switch, plus pjsip's own refreshes and retransmissions
-    (which keep the Call-ID)."""
+    (which keep the Call-ID): a registration begun before the stay (a REGISTER still
+    being retransmitted when the phone had moved on) is not the stay's."""
     bounds = [(float("-inf"), start), *((m.ts, m.server) for m in moves)]
+    first_sent: dict[str, float] = {}
+    for r in registers:
+        if not r.unregister:
+            first_sent[r.call_id] = min(r.ts, first_sent.get(r.call_id, r.ts))
     stays: list[tuple[float, str, int]] = []
     for index, (begin, server) in enumerate(bounds):
         until = bounds[index + 1][0] if index + 1 < len(bounds) else float("inf")
         call_ids = {
             r.call_id
             for r in registers
-            if r.server == server and not r.unregister and begin <= r.ts < until
+            if r.server == server
+            and not r.unregister
+            and begin <= r.ts < until
+            and first_sent[r.call_id] >= begin
         }
         stays.append((begin, server, len(call_ids)))
     return stays

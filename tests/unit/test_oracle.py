@@ -347,7 +347,7 @@ def test_un_registers_and_retransmissions_are_no_switch_but_a_second_registratio
     capture = Capture()
     on_backup(capture)
     capture.cycle(T + INTERVAL)
-    capture.register("primary", T + INTERVAL + 0.01, call_id="reg-primary")
+    capture.register("primary", T + INTERVAL + 0.01, call_id="reg-primary-back")
     capture.register("backup", T + INTERVAL + 0.05, expires=0)
     quiet = capture.judge(2)
     capture.register("primary", T + INTERVAL + 0.5, call_id="reg-primary-again")
@@ -404,3 +404,14 @@ def test_a_move_back_to_a_server_holding_the_binding_may_send_nothing() -> None:
     assert unbound.discrepancies == [
         "cycle 2: expected failback to primary at 4.001; the phone did nothing"
     ]
+
+
+def test_a_registration_begun_before_a_stay_and_retransmitted_in_it_is_not_the_stays() -> None:
+    """A REGISTER pending when the phone left (pjsip retransmits it) is not a second
+    registration of the next stay there (SPEC §10: retransmissions are pjsip's own)."""
+    capture = Capture()
+    on_backup(capture)  # the first stay's registration: Call-ID reg-primary
+    capture.cycle(T + INTERVAL, primary={1: 0.005}, backup={1: 0.006})
+    capture.register("primary", T + INTERVAL + 0.01, call_id="reg-primary-back")
+    capture.register("primary", T + INTERVAL + 0.3, call_id="reg-primary")  # pjsip's resend
+    assert capture.judge(2).discrepancies == []

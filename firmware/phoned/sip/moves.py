@@ -51,6 +51,8 @@ class ServerMoves(PhoneFeatures):
     _release_awaits_verdict: bool
     #: (when, each current account's serial at the link change) until checked (Rule 7)
     _relink: tuple[float, dict[Server, int]] | None
+    #: revived accounts waiting for their un-REGISTER's answer to REGISTER (Rule 6)
+    _after_unregister: dict[Server, ServerAccount]
 
     def _on_account_change(self, account: ServerAccount) -> None:
         raise NotImplementedError
@@ -128,9 +130,22 @@ class ServerMoves(PhoneFeatures):
         log.info("sip: %s account at %s:%d still %s -> current again",
                  server.value, target.host, target.port, account.state.value)  # fmt: skip
         if account.state is RegState.UNREGISTERING:
-            self._registrar.register(account)  # refused until the un-REGISTER is answered
+            # pjsua refuses a REGISTER while the un-REGISTER is pending (PJSIP_EBUSY) and a
+            # refusal waits out a random spread: REGISTER the moment it is answered instead
+            self._after_unregister[server] = account
         else:
             self._on_account_change(account)
+
+    def _register_revived(self) -> None:
+        """Rule 6: a revived account whose un-REGISTER has been answered (or given up)
+        REGISTERs now; one no longer current is forgotten."""
+        for server, account in list(self._after_unregister.items()):
+            if self._accounts.get(server) is not account:
+                del self._after_unregister[server]
+            elif account.state is not RegState.UNREGISTERING:
+                del self._after_unregister[server]
+                log.info("sip: %s un-REGISTER answered -> REGISTER again", server.value)
+                self._registrar.register(account)
 
     def _drop_dead(self, server: Server) -> None:
         """Rules 1 and 5: `server` is dead: its subscriptions and account go silently."""

@@ -32,9 +32,10 @@ server's subscriptions are created.
 Rule 6: a switch ends registered on the server it names, or says why and retries.
 Switching back to a server whose account is still leaving (its REGISTER or un-REGISTER
 pending) makes that account current again (`leaving.py` Rule 3); one caught
-un-REGISTERing is asked for a REGISTER, which pjsua refuses (PJSIP_EBUSY) until the
-un-REGISTER is answered. Every REGISTER pjsua refuses is reported FAILED with why and
-retried after a random spread (`registration.py`, from `poll()`).
+un-REGISTERing REGISTERs the moment its un-REGISTER is answered (pjsua would refuse it
+before, PJSIP_EBUSY, and a refusal waits out a random spread). Every REGISTER pjsua
+refuses is reported FAILED with why and retried after a random spread
+(`registration.py`, from `poll()`).
 Rule 7 (SPEC §10): after the phone's link comes back (`link_changed`), every current
 account registers again at once and nothing on its way out does (`moves.py`).
 """
@@ -164,6 +165,7 @@ class PjsuaStack(ServerMoves):
         self._release_when_registered: Server | None = None
         self._release_awaits_verdict = False  # Rule 2: a JUDGING server is left as it is
         self._relink: tuple[float, dict[Server, int]] | None = None  # Rule 7
+        self._after_unregister: dict[Server, ServerAccount] = {}  # Rule 6
         self._registrar = Registrar(
             identity, register_expires=register_expires, retry=retry or RetryPolicy(),
             accounts=self._accounts, on_change=self._on_account_change,
@@ -349,6 +351,7 @@ class PjsuaStack(ServerMoves):
             if self._release_when_registered is None:
                 self._subscribe_blf(account.server)
         self._release_if_registered()
+        self._register_revived()
         self._check_relink()
         self._leavers.progress()
         self._flush()
