@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import pjsua2 as pj
 
 from phoned.errors import SipError
-from phoned.sip.dialog_info import BlfState, DialogTracker, parse_dialog_document
+from phoned.sip.dialog_info import BlfState, DialogInfoError, DialogTracker, read_dialog_document
 from phoned.sip.pjsip_hooks import PJ_SUCCESS, PJ_TRUE, IncomingRequest, pjsua_library, uri_user
 
 log = logging.getLogger("phoned.blf")
@@ -234,10 +234,11 @@ class BlfSubscriptions:
             # RFC 6665 §4.2.2: a NOTIFY may carry no state. Kamailio sends an empty body
             # while nothing is published for the extension, i.e. it has no dialog.
             return sub.tracker.clear() if substate == "active" else sub.tracker.state
-        document = parse_dialog_document(request.body)
-        if document is None:
-            log.warning("blf: %s: NOTIFY body from %s:%d is not dialog-info -> ignored",
-                        key, *request.source)  # fmt: skip
+        try:
+            document = read_dialog_document(request.body)
+        except DialogInfoError as exc:  # SPEC §10: hostile XML refused, one line saying why
+            log.warning("blf: %s: NOTIFY body from %s:%d refused: %s -> ignored",
+                        key, *request.source, exc)  # fmt: skip
             return sub.tracker.state
         return sub.tracker.apply(document)
 
