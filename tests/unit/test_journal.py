@@ -143,6 +143,16 @@ def test_the_state_lines_at_interval_one_second_are_never_held_back(rig: Rig) ->
     assert summaries(rig.lines) == []
 
 
+def test_the_lamps_of_128_blf_keys_changing_at_once_are_all_logged(rig: Rig) -> None:
+    """A failover re-subscribes every key: each lamp's line is a state change of its own
+    (bench-failover's 50 keys lost 40 of their 100 lines while the digits were folded)."""
+    for state in ("unknown", "idle"):
+        for ext in range(1000, 1128):
+            log_event(rig.log, "blf", f"blf: {ext} {state}", ext=str(ext), state=state)
+    assert len(rig.lines.records) == 256
+    assert summaries(rig.lines) == []
+
+
 def test_a_flood_of_state_lines_is_held_back_past_their_own_pace(rig: Rig) -> None:
     for _ in range(1000):  # e.g. spoofed check-sync NOTIFYs
         log_event(rig.log, "check_sync", "check-sync from 192.0.2.11: fetching the settings")
