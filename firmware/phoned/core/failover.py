@@ -258,7 +258,7 @@ class FailoverPolicy:
         if late_limit < now:
             missed = int((now - self._anchor_s) // self._settings.interval_s)
             skip_to = max(number + 1, self._anchor_cycle + missed)
-            while self._grid_start(skip_to) < now:  # (a late start is skipped too)
+            while self._grid_start(skip_to) < now:
                 skip_to += 1
             self._next_cycle = skip_to
             return []
