@@ -36,7 +36,7 @@ __all__ = ["make_phone", "pbx1", "pbx2"]  # fixtures shared with test_sip.py
 #: pjsip retransmits a pending request at +0.5, +1.5, +3.5 s: a stale un-REGISTER lands
 #: within this after the switch (measured: 0.3-1.3 s).
 STALE_WINDOW_S = 4.0
-#: The switch must end registered within this (EBUSY retries: ~1 s, then ~2 s).
+#: The switch must end registered within this (a pending request retransmits up to 4 s).
 REGISTERED_WITHIN_S = 10.0
 
 
@@ -64,9 +64,12 @@ def _assert_stays_registered(phone: Phone, pbx: KamailioPbx) -> None:
     assert stack.registration(Server.BACKUP) is RegState.REGISTERED
 
 
-def test_switch_back_during_unregister_retries_the_refused_register(
+def test_switch_back_during_unregister_registers_once_that_is_answered(
     pbx1: KamailioPbx, pbx2: KamailioPbx, faults: Faults, make_phone: MakePhone
 ) -> None:
+    """pjsua refuses a REGISTER while the un-REGISTER is pending (PJSIP_EBUSY), and a
+    refusal waits out a random spread (issue 12's fault matrix: 0.5-11 s late under loss):
+    the account REGISTERs the moment its un-REGISTER is answered instead, never refused."""
     phone = make_phone()
     stack = phone.stack
     register(phone, Server.BACKUP, pbx2)
@@ -81,12 +84,16 @@ def test_switch_back_during_unregister_retries_the_refused_register(
     stack.use_server(Server.BACKUP, target_of(pbx2))  # the primary failed again
 
     _assert_stays_registered(phone, pbx2)
-    events = _backup_events(phone, switched)
-    refused = [e for e in events if e.state is RegState.FAILED]
-    assert refused, f"no refusal reported: {events}"
-    assert "REGISTER refused by pjsua (PJSIP_EBUSY), retrying in" in refused[0].reason
-    assert not refused[0].rejected  # not a credentials problem
-    assert events[-1].state is RegState.REGISTERED
+    timed = [
+        (t, e)
+        for t, e in phone.recorder.registrations()
+        if t >= switched and e.server is Server.BACKUP
+    ]
+    states = [e.state for _, e in timed]
+    assert RegState.FAILED not in states, f"a refusal reported: {timed}"
+    answered_at = next(t for t, e in timed if e.state is RegState.IDLE)  # un-REGISTER's 200
+    registered_at = next(t for t, e in timed if e.state is RegState.REGISTERED)
+    assert 0 <= registered_at - answered_at < 0.5, timed
     assert phone.stack.registration(Server.PRIMARY) is RegState.IDLE  # dropped: failover
 
 
