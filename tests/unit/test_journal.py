@@ -251,7 +251,8 @@ def test_it_costs_microseconds_a_line(rig: Rig) -> None:
     for n in range(20000):
         rig.log.warning(JUNK, n, n)
     per_line_s = (time.perf_counter() - began) / 20000
-    assert per_line_s < 100e-6  # a few µs here; generous for qemu and a loaded machine
+    # a few µs on x86_64; 110 µs measured under qemu-user (scripts/test-arm64): generous
+    assert per_line_s < 500e-6
 
 
 def test_install_puts_one_filter_on_each_handler_once() -> None:
