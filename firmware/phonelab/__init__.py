@@ -13,7 +13,8 @@ test sends by hand), `capture` (tcpdump), `pcap` (pure pcap reader and SIP summa
 `timing`, `stream_timing` and `benchreport` (benchmark arithmetic and report), `phone`
 (the phone under test), `follow` (traffic that shows a switch), `nginx` (the provisioning
 server), `webfetch` (HTTP(S) GETs from a namespace), `kamctl` (kamcmd RPCs: contacts,
-the check-sync NOTIFY), `fleet_sim`, `fleet_lab` and `fleetreport` (`scripts/sim-fleet`: many
-phones simulated and real), `phoneproc` (a quiet long-running phone), `soak` and
-`soakreport` (`scripts/soak`) and `errors` (`LabError`).
+the check-sync NOTIFY), `fleet_sim`, `fleet_lab` and `fleetreport` (`scripts/sim-fleet`:
+many phones simulated and real), `phoneproc` (a quiet long-running phone), `pbxpair` (a
+lab with both PBXs, for the long runs), `soak` and `soakreport` (`scripts/soak`) and
+`errors` (`LabError`).
 """

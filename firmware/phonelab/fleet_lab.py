@@ -21,9 +21,8 @@ from pathlib import Path
 
 from phonelab.capture import Capture
 from phonelab.errors import LabError
-from phonelab.faults import Faults
-from phonelab.kamailio import KamailioPbx
-from phonelab.netns import PBX1_IP, PBX2_IP, Lab, cleanup_stale
+from phonelab.netns import PBX2_IP
+from phonelab.pbxpair import enter_lab_with_pbxs
 from phonelab.pcap import Packet, read_packets, sip_summary
 from phonelab.phone import SettingsTables, write_config
 from phonelab.phoneproc import PhoneProcess
@@ -98,14 +97,7 @@ class _FleetLab:
 
     def __init__(self, stack: contextlib.ExitStack, params: RealFleetParams, workdir: Path) -> None:
         self.params, self.workdir = params, workdir
-        cleanup_stale()
-        self.lab = stack.enter_context(Lab())
-        self.faults = stack.enter_context(Faults())
-        presence = params.blf_keys > 0
-        roles = (("primary", PBX1_IP, self.lab.pbx1), ("backup", PBX2_IP, self.lab.pbx2))
-        for name, host, netns in roles:
-            pbx = KamailioPbx(name, host, workdir=workdir, netns=netns, presence=presence)
-            stack.enter_context(pbx)
+        self.lab, self.faults = enter_lab_with_pbxs(stack, workdir, presence=params.blf_keys > 0)
         # Requests only (dst port 5060 at the backup): OPTIONS, REGISTER, SUBSCRIBE.
         self.capture = Capture(self.lab.pbx2, workdir / "backup.pcap", bpf="udp dst port 5060")
         stack.enter_context(self.capture)

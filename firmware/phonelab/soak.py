@@ -21,9 +21,8 @@ from pathlib import Path
 
 from phonelab.capture import Capture
 from phonelab.errors import LabError
-from phonelab.faults import Faults
-from phonelab.kamailio import KamailioPbx
-from phonelab.netns import PBX1_IP, PBX2_IP, Lab, cleanup_stale
+from phonelab.netns import PBX1_IP
+from phonelab.pbxpair import enter_lab_with_pbxs
 from phonelab.pcap import read_packets, sip_summary
 from phonelab.phone import SettingsTables, write_config
 from phonelab.phoneproc import PhoneProcess
@@ -72,14 +71,7 @@ class _Soak:
 
     def __init__(self, stack: contextlib.ExitStack, params: SoakParams, workdir: Path) -> None:
         self.params, self.workdir = params, workdir
-        cleanup_stale()
-        self.lab = stack.enter_context(Lab())
-        self.faults = stack.enter_context(Faults())
-        presence = params.blf_keys > 0
-        roles = (("primary", PBX1_IP, self.lab.pbx1), ("backup", PBX2_IP, self.lab.pbx2))
-        for name, host, netns in roles:
-            pbx = KamailioPbx(name, host, workdir=workdir, netns=netns, presence=presence)
-            stack.enter_context(pbx)
+        self.lab, self.faults = enter_lab_with_pbxs(stack, workdir, presence=params.blf_keys > 0)
         bpf = f"udp and dst host {PBX1_IP} and dst port 5060"
         self.capture = Capture(self.lab.phone, workdir / "to-primary.pcap", bpf=bpf)
         stack.enter_context(self.capture)
