@@ -20,13 +20,9 @@ from typing import Any
 import pytest
 
 from phoned.errors import ControlError
-from phoned.service.control import (
-    MAX_REQUEST_BYTES,
-    ControlLimits,
-    ControlServer,
-    SlowWork,
-)
+from phoned.service.control import ControlLimits, ControlServer, SlowWork
 from phoned.service.control_client import request
+from phoned.service.control_wire import MAX_REQUEST_BYTES
 
 #: SPEC §10 and the brief: `status` answers at once, whatever other clients do.
 PROMPT_S = 0.2

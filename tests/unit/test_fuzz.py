@@ -7,32 +7,19 @@ The long runs (10^6 inputs per target) are `scripts/fuzz` without `--runs`.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 import time
-from importlib.machinery import SourceFileLoader
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from phonelab.fuzz_run import KEEP_SLOWEST, RECHECKS, Tally
+from phonelab.fuzz_targets import MAX_MS, TARGETS
+
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "fuzz"
 SHORT_RUNS = 2000
-
-
-def _load_script() -> ModuleType:
-    loader = SourceFileLoader("phoned_fuzz_script", str(SCRIPT))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[loader.name] = module  # dataclasses look their module up while it loads
-    loader.exec_module(module)
-    return module
-
-
-fuzz = _load_script()
 
 
 def run_script(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -46,7 +33,7 @@ def run_script(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 # ---------------------------------------------------------------- every target, briefly
-@pytest.mark.parametrize("target", sorted(fuzz.TARGETS))
+@pytest.mark.parametrize("target", sorted(TARGETS))
 def test_a_short_run_finds_nothing(target: str, tmp_path: Path) -> None:
     done = run_script(tmp_path, "--runs", str(SHORT_RUNS), "--target", target)
 
@@ -56,8 +43,8 @@ def test_a_short_run_finds_nothing(target: str, tmp_path: Path) -> None:
     assert stats["runs"] == SHORT_RUNS
     assert stats["crashes"] == plain["crashes"] == 0, stats["reports"] + plain["reports"]
     assert plain["slow"] == 0, plain["reports"]
-    assert 0 < plain["slowest_ms"] <= fuzz.MAX_MS
-    assert plain["retimed"] == fuzz.KEEP_SLOWEST  # the slowest inputs were re-timed
+    assert 0 < plain["slowest_ms"] <= MAX_MS
+    assert plain["retimed"] == KEEP_SLOWEST  # the slowest inputs were re-timed
     assert stats["messages"] >= 1  # hostile inputs were refused, each with a message
     row = next(line for line in done.stdout.splitlines() if line.startswith(target))
     assert row.split()[1:4] == [str(SHORT_RUNS), "0", "0"]
@@ -66,8 +53,8 @@ def test_a_short_run_finds_nothing(target: str, tmp_path: Path) -> None:
 
 def test_the_seed_corpus_names_every_target() -> None:
     corpus = SCRIPT.parent.parent / "tests" / "fuzz-corpus"
-    assert sorted(p.name for p in corpus.iterdir()) == sorted(fuzz.TARGETS)
-    assert all(any((corpus / name).iterdir()) for name in fuzz.TARGETS)
+    assert sorted(p.name for p in corpus.iterdir()) == sorted(TARGETS)
+    assert all(any((corpus / name).iterdir()) for name in TARGETS)
 
 
 # ---------------------------------------------------------------- the harness can fail
@@ -83,7 +70,7 @@ def test_a_crash_and_a_slow_input_fail_the_run(tmp_path: Path) -> None:
 
 
 def test_tally_counts_an_undocumented_exception_as_a_crash() -> None:
-    tally = fuzz.Tally("t")
+    tally = Tally("t")
 
     def one(data: bytes) -> str | None:
         return {b"a": None}[data]  # KeyError for anything else
@@ -97,7 +84,7 @@ def test_tally_counts_an_undocumented_exception_as_a_crash() -> None:
 
 
 def test_tally_counts_documented_refusals_by_message_not_as_crashes() -> None:
-    tally = fuzz.Tally("t")
+    tally = Tally("t")
 
     def one(data: bytes) -> str | None:
         raise ValueError(f"value {len(data)} is wrong\nline '{data.decode()}' too")
@@ -110,7 +97,7 @@ def test_tally_counts_documented_refusals_by_message_not_as_crashes() -> None:
 
 
 def test_tally_an_error_without_a_message_is_a_crash() -> None:
-    tally = fuzz.Tally("t")
+    tally = Tally("t")
 
     def one(_data: bytes) -> str | None:
         raise ValueError
@@ -121,7 +108,7 @@ def test_tally_an_error_without_a_message_is_a_crash() -> None:
 
 
 def test_tally_rechecks_a_slow_input_and_keeps_the_minimum() -> None:
-    tally = fuzz.Tally("t", max_ms=5.0)
+    tally = Tally("t", max_ms=5.0)
     calls: list[bytes] = []
 
     def noisy(data: bytes) -> str | None:  # slow the first time only: scheduler noise
@@ -131,7 +118,7 @@ def test_tally_rechecks_a_slow_input_and_keeps_the_minimum() -> None:
         return None
 
     elapsed_ms = tally.feed(noisy, (), b"n")
-    assert len(calls) == 1 + fuzz.RECHECKS
+    assert len(calls) == 1 + RECHECKS
     assert elapsed_ms < 5.0
     assert tally.over == 0
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from phoned.errors import VpnError
-from phoned.net.vpn import read_private_key
+from phoned.net.vpn_inputs import read_private_key
 
 KEY = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="
 

@@ -1,8 +1,9 @@
 """The phone's WireGuard tunnel to both PBXs and the routes that follow the active one (SPEC §6).
 
-Owns: the only import of wireguard_tools; the `[vpn] interface` (kernel WireGuard created
-over netlink where the kernel has it, else a `wireguard-go -f` child it starts, watches and
-stops), its private key, both peers, and which peer carries `[vpn] routes`.
+Owns: the wireguard_tools devices and configs; the `[vpn] interface` (kernel WireGuard
+created over netlink where the kernel has it, else a `wireguard-go -f` child it starts,
+watches and stops), its private key once read (`vpn_inputs` reads and checks the key file
+and resolves the endpoints), both peers, and which peer carries `[vpn] routes`.
 Rule 1: ONE interface, BOTH peers configured at all times, each with its own allowed_ips,
 so each server is probed through its own tunnel and both stay warm (keepalive 25 s).
 WireGuard picks a packet's peer by allowed_ips: "routes move to the backup" means the
@@ -20,11 +21,8 @@ our protocol number), SIP, the failover decision.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import os
-import socket
-import stat
 import threading
 import time
 from pathlib import Path
@@ -33,11 +31,11 @@ from wireguard_tools import WireguardConfig, WireguardDevice, WireguardKey, Wire
 from wireguard_tools.wireguard_netlink import WireguardNetlinkDevice
 from wireguard_tools.wireguard_uapi import WG_UAPI_SOCKET_DIR
 
-from phoned.config.rules import secret_owners
 from phoned.config.settings import VpnPeer, VpnSettings
 from phoned.core.events import Server
 from phoned.errors import VpnError
 from phoned.net.routes import RouteError, RouteTable
+from phoned.net.vpn_inputs import parse_endpoint, read_private_key
 from phoned.net.wireguard_go import WIREGUARD_GO, WarmUapiDevice, WireguardGoProcess, wait_for
 
 log = logging.getLogger(__name__)
@@ -47,61 +45,6 @@ KEEPALIVE_S = 25
 #: WireGuard's REJECT_AFTER_TIME: a session older than this carries nothing any more.
 HANDSHAKE_STALE_S = 180
 _GONE_TIMEOUT_S = 3.0  # measured: an orphan wireguard-go exits ~1.7 s after its link goes
-
-
-def read_private_key(path: str) -> WireguardKey:
-    """The WireGuard private key in `path` (base64 as `wg genkey` writes it).
-
-    Raises:
-        VpnError: missing, not a regular file, readable by group or others (SPEC §6:
-            0600 or refused), or not a key. The message never holds the file's content.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as exc:
-        raise VpnError(f"vpn: cannot open private key file {path}: {exc.strerror}") from exc
-    with os.fdopen(fd, "r", encoding="ascii", errors="replace") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise VpnError(f"vpn: private key file {path} is not a regular file")
-        if info.st_mode & 0o077:
-            mode = f"{stat.S_IMODE(info.st_mode):04o}"
-            raise VpnError(
-                f"vpn: private key file {path} has mode {mode}, readable by others -> "
-                f"refused; make it 0600 (chmod 600 {path})"
-            )
-        if info.st_uid not in (owners := secret_owners()):  # as checked at load (SPEC §10)
-            allowed = " or ".join(owners.values())
-            raise VpnError(f"vpn: private key file {path} is not owned by {allowed} -> refused")
-        text = handle.read(256).strip()
-    try:
-        return WireguardKey(text)
-    except (ValueError, TypeError):
-        # the cause would quote the content: drop it
-        raise VpnError(f"vpn: private key file {path} holds no WireGuard key") from None
-
-
-def parse_endpoint(endpoint: str) -> tuple[str, int]:
-    """("192.0.2.11", 51820) from "192.0.2.11:51820", "[2001:db8::1]:51820" or "pbx:51820".
-
-    A name is resolved once, here (WireGuard takes addresses only).
-
-    Raises:
-        VpnError: no port, or a name that does not resolve.
-    """
-    host, sep, port_text = endpoint.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not port_text.isdigit() or not host:
-        raise VpnError(f"vpn: endpoint {endpoint!r} is not host:port")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        try:
-            infos = socket.getaddrinfo(host, int(port_text), type=socket.SOCK_DGRAM)
-        except OSError as exc:
-            raise VpnError(f"vpn: endpoint {endpoint} does not resolve: {exc}") from exc
-        host = str(infos[0][4][0])
-    return host, int(port_text)
 
 
 class WireGuardVpn:

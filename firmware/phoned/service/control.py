@@ -3,9 +3,10 @@ the service (SPEC §4, §10).
 
 Owns: a Unix stream socket speaking one JSON object per line each way, the thread whose
 non-blocking loop serves every client at once and the worker threads that run slow
-requests (the CLI's side is `control_client`). Must not touch: phone state (the server
-calls a handler the supervisor gives it; the handler reads the status board or hands back
-slow work).
+requests (the CLI's side is `control_client`; the socket file's checks, mode and group are
+`control_socket_file`'s, the lines and error replies `control_wire`'s). Must not touch:
+phone state (the server calls a handler the supervisor gives it; the handler reads the
+status board or hands back slow work).
 
 Rules (SPEC §10):
 1. The socket file is mode 0660, group `phoned` when that group exists; a live service's
@@ -27,14 +28,10 @@ Request:  {"cmd": "status"}\n      Reply: {"ok": true, "result": {...}}\n
 from __future__ import annotations
 
 import contextlib
-import grp
-import json
 import logging
-import os
 import queue
 import selectors
 import socket
-import stat
 import threading
 import time
 from collections.abc import Callable
@@ -43,20 +40,17 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from phoned.errors import ControlError, PhonedError
+from phoned.errors import ControlError
+from phoned.service import control_socket_file as socket_file
+from phoned.service import control_wire as wire
+from phoned.service.control_socket_file import SOCKET_GROUP
+from phoned.service.control_wire import MAX_REQUEST_BYTES, Reply
 
 log = logging.getLogger(__name__)
 
-#: SPEC §10: the longest request line, newline included.
-MAX_REQUEST_BYTES = 4096
-#: SPEC §10: the group whose members may use the socket (the image creates it).
-SOCKET_GROUP = "phoned"
-_SOCKET_MODE = 0o660
 #: The longest wait between two heartbeats.
 _BEAT_S = 1.0
 _WAKE_BYTES = 1 << 20
-
-Reply = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -151,10 +145,10 @@ class ControlServer:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            _remove_stale(self._path)
+            socket_file.remove_stale(self._path)
             sock.bind(str(self._path))
             self._inode = self._path.stat().st_ino  # stop() removes this file, no other
-            _restrict(self._path, group)  # before listen(): nobody connects until then
+            socket_file.restrict(self._path, group)  # before listen(): nobody connects until then
             sock.listen(64)
             sock.setblocking(False)
         except (OSError, ControlError) as exc:
@@ -213,7 +207,7 @@ class ControlServer:
         if key.fileobj is self._sock:
             self._accept_all()
         elif key.fileobj is self._wake_r:
-            _drain(self._wake_r, _WAKE_BYTES)
+            wire.drain(self._wake_r, _WAKE_BYTES)
         elif key.data in self._clients:  # not one closed earlier in this turn
             if mask & selectors.EVENT_READ:
                 self._read(key.data)
@@ -231,8 +225,8 @@ class ControlServer:
                 return
             conn.setblocking(False)
             if len(self._clients) >= self._limits.max_clients and not self._evict_one():
-                _send_error(conn, f"busy: {len(self._clients)} control clients, try again")
-                _drain(conn, MAX_REQUEST_BYTES * 4)
+                wire.send_error(conn, f"busy: {len(self._clients)} control clients, try again")
+                wire.drain(conn, MAX_REQUEST_BYTES * 4)
                 conn.close()
                 continue
             now = time.monotonic()
@@ -275,9 +269,9 @@ class ControlServer:
     def _answer(self, client: _Client, line: bytes) -> None:
         self._watch(client, 0)  # rule 2: nothing more is read
         try:
-            answer = self._handler(_decode(line))
+            answer = self._handler(wire.decode(line))
         except Exception as exc:  # rule 5: bad input is refused, a bug is logged
-            self._reply(client, _refusal(exc, "request"))
+            self._reply(client, wire.refusal(exc, "request"))
             return
         if isinstance(answer, SlowWork):
             self._start(client, answer)
@@ -287,7 +281,7 @@ class ControlServer:
     def _start(self, client: _Client, work: SlowWork) -> None:
         if self._jobs >= self._limits.max_jobs:
             running = self._jobs
-            self._reply(client, _error(f"busy: {running} slow requests running, try again"))
+            self._reply(client, wire.error(f"busy: {running} slow requests running, try again"))
             return
         client.phase, client.work = _Phase.WORKING, work.name
         client.deadline = time.monotonic() + self._limits.job_deadline_s
@@ -297,17 +291,17 @@ class ControlServer:
         try:
             worker.start()
         except RuntimeError as exc:  # no thread to be had
-            self._reply(client, _error(f"busy: cannot start {work.name}: {exc}"))
+            self._reply(client, wire.error(f"busy: cannot start {work.name}: {exc}"))
             return
         self._jobs += 1
 
     def _work_on(self, client: _Client, work: SlowWork) -> None:
         """On a worker thread: run the work and hand its reply back to the loop."""
-        reply = _error(f"{work.name} was interrupted")
+        reply = wire.error(f"{work.name} was interrupted")
         try:
             reply = {"ok": True, "result": work.run()}
         except Exception as exc:  # rule 5
-            reply = _refusal(exc, work.name)
+            reply = wire.refusal(exc, work.name)
         finally:
             self._done.put((client, reply))
             with contextlib.suppress(OSError):  # full: already woken; closed: stopped
@@ -324,7 +318,7 @@ class ControlServer:
                 self._reply(client, reply)
 
     def _reply(self, client: _Client, reply: Reply) -> None:
-        client.phase, client.outbox, client.sent = _Phase.WRITING, _encode(reply), 0
+        client.phase, client.outbox, client.sent = _Phase.WRITING, wire.encode(reply), 0
         client.deadline = time.monotonic() + self._limits.deadline_s
         self._write(client)
 
@@ -354,13 +348,13 @@ class ControlServer:
     def _refuse(self, client: _Client, error: str) -> None:
         """Send `error` if the client's socket takes it now, and close it."""
         log.debug("control: client refused: %s", error)
-        _send_error(client.sock, error)
+        wire.send_error(client.sock, error)
         self._close(client)
 
     def _close(self, client: _Client) -> None:
         self._watch(client, 0)
         self._clients.pop(client, None)
-        _drain(client.sock, MAX_REQUEST_BYTES * 4)  # what it sent unread would reset its read
+        wire.drain(client.sock, MAX_REQUEST_BYTES * 4)  # what it sent unread would reset its read
         client.sock.close()
 
     def _watch(self, client: _Client, events: int) -> None:
@@ -373,96 +367,3 @@ class ControlServer:
         else:
             self._selector.modify(client.sock, events, client)
         client.events = events
-
-
-# -- the socket file -------------------------------------------------------------------------
-def _remove_stale(path: Path) -> None:
-    """Remove a socket a crashed service left behind; never a live service's socket, never
-    a file that is not a socket.
-
-    Raises:
-        ControlError: `path` is not a socket, or a service answers on it.
-    """
-    try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise ControlError(f"{path} exists and is not a socket: not removing it")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(0.5)
-        try:
-            probe.connect(str(path))
-        except (ConnectionRefusedError, FileNotFoundError):
-            path.unlink(missing_ok=True)  # nobody listens: a crash's leftover
-            return
-        except OSError as exc:
-            raise ControlError(f"{path}: cannot tell whether phoned runs: {exc}") from exc
-    raise ControlError(f"phoned is already running (its control socket {path} answers)")
-
-
-def _restrict(path: Path, group: str) -> None:
-    """Rule 1: mode 0660, and group `group` when this machine has it (a dev machine may
-    not: the socket then keeps the process's group)."""
-    try:
-        gid = grp.getgrnam(group).gr_gid
-    except KeyError:
-        log.info("control: no group %r here: %s keeps group %d, mode 0660",
-                 group, path, os.getegid())  # fmt: skip
-    else:
-        try:
-            os.chown(path, -1, gid, follow_symlinks=False)
-        except PermissionError as exc:  # a user outside the group: still usable by its own
-            log.warning("control: cannot give %s to group %r: %s", path, group, exc.strerror)
-    os.chmod(path, _SOCKET_MODE)
-
-
-# -- requests and replies ----------------------------------------------------------------------
-def _decode(line: bytes) -> dict[str, Any]:
-    """A request line as a JSON object with a string `cmd` (the handler checks the rest).
-
-    Raises:
-        ValueError: not UTF-8 JSON, nested too deeply to decode, or not such an object.
-    """
-    try:
-        request = json.loads(line)
-    except RecursionError:
-        raise ValueError("a request is a flat JSON object, got one nested too deeply") from None
-    except ValueError as exc:
-        raise ValueError(f"a request is one line of JSON: {exc}") from None
-    if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
-        raise ValueError("a request is a JSON object with a string 'cmd'")
-    return request
-
-
-def _error(message: str) -> Reply:
-    return {"ok": False, "error": message}
-
-
-def _refusal(exc: Exception, what: str) -> Reply:
-    """The error reply for `exc`: its message for a refusal, a logged bug otherwise."""
-    if isinstance(exc, PhonedError | ValueError | KeyError):
-        return _error(str(exc))
-    log.error("control: %s failed, service goes on", what, exc_info=exc)
-    return _error(f"internal error: {type(exc).__name__}: {ascii(str(exc))[1:-1][:200]}")
-
-
-def _encode(reply: Reply) -> bytes:
-    try:
-        return json.dumps(reply).encode() + b"\n"
-    except (TypeError, ValueError, RecursionError) as exc:
-        log.error("control: a reply cannot be sent as JSON: %s", type(exc).__name__)
-        return _encode(_error("internal error: the reply is not JSON"))
-
-
-def _send_error(sock: socket.socket, error: str) -> None:
-    """One try at sending an error reply (a client refused or dropped)."""
-    with contextlib.suppress(OSError):
-        sock.send(_encode(_error(error)))
-
-
-def _drain(sock: socket.socket, limit_bytes: int) -> None:
-    """Read and drop what `sock` holds now, up to `limit_bytes`."""
-    with contextlib.suppress(OSError):
-        while limit_bytes > 0 and (chunk := sock.recv(min(limit_bytes, 16384))):
-            limit_bytes -= len(chunk)

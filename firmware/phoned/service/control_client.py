@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from phoned.errors import ControlError
-from phoned.service.control import MAX_REQUEST_BYTES, SOCKET_GROUP
+from phoned.service.control_socket_file import SOCKET_GROUP
+from phoned.service.control_wire import MAX_REQUEST_BYTES
 
 #: A reply may carry an app page (up to 1 MiB) and the status: far below this.
 _MAX_REPLY_BYTES = 8 << 20
