@@ -15,6 +15,7 @@ test sends by hand), `capture` (tcpdump), `pcap` (pure pcap reader and SIP summa
 server), `webfetch` (HTTP(S) GETs from a namespace), `kamctl` (kamcmd RPCs: contacts,
 the check-sync NOTIFY), `fleet_sim`, `fleet_lab` and `fleetreport` (`scripts/sim-fleet`:
 many phones simulated and real), `phoneproc` (a quiet long-running phone), `pbxpair` (a
-lab with both PBXs, for the long runs), `soak` and `soakreport` (`scripts/soak`), `fuzz_targets` and `fuzz_run`
-(`scripts/fuzz`), `flood` (junk at every port a phone has open) and `errors` (`LabError`).
+lab with both PBXs, for the long runs), `soak` and `soakreport` (`scripts/soak`),
+`fuzz_targets` and `fuzz_run` (`scripts/fuzz`), `flood` (junk at every port a phone has
+open) and `errors` (`LabError`).
 """

@@ -340,6 +340,25 @@ def test_a_reply_from_another_port_is_not_an_answer(
     assert prober.unmatched == 1  # SPEC §10: the spoof reached the phone and is counted
 
 
+def test_a_flood_from_elsewhere_never_reaches_the_prober_and_is_counted(
+    prober: UdpProber, responder: Responder
+) -> None:
+    """SPEC §10 junk: the kernel filter keeps out what is not from the target's address
+    and port; its drops come back as `unmatched` with the next datagram read."""
+    responder.behaviour = lambda r, req: None
+    prober.send(P, cycle=1, attempt=1)
+    request = responder.next_request()
+    [probe_socket] = prober.sockets()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+        stranger.bind(("127.0.0.1", 0))
+        for _ in range(500):
+            stranger.sendto(b"SIP/2.0 200 OK\r\n\r\n", probe_socket.getsockname())
+    assert select.select([probe_socket], [], [], 0.2)[0] == []  # nothing to read
+    responder.reply(request, 200)
+    assert collect(prober, answers(1)) == [ProbeAnswered(P, 1, 1, 200, 0.0)]
+    assert prober.unmatched == 500
+
+
 def test_late_answer_to_attempt_1_counts_as_attempt_1(
     prober: UdpProber, responder: Responder, clock: SteppedClock
 ) -> None:

@@ -2,8 +2,9 @@
 (`phonelab.oracle`) with the fault's time as a window (`phonelab.oracle_lab.Windows`):
 
 - its link down and up again (`ip link set dev eth0 down/up` in the phone namespace): no
-  crash, no burst of probes, and registered again on the right server within one cycle
-  of the link coming back;
+  crash, no burst of probes, registered again on the right server within one cycle of
+  the link coming back, and the SIP listeners pjsua re-creates still admit only the
+  servers (`phoned.sip.listeners`);
 - its DNS server going silent while both servers are given as names: each name is down
   while it does not resolve (so no service, and no move), the phone logs it once per
   server and probes again as soon as names resolve;
@@ -25,6 +26,7 @@ from conftest import StartPhone
 from phonelab.capture import Capture
 from phonelab.dns import DnsServer
 from phonelab.faults import Faults
+from phonelab.flood import tcp_connects
 from phonelab.kamailio import KamailioPbx
 from phonelab.netns import PBX1_IP, PBX2_IP, PHONE_IP, Lab
 from phonelab.oracle import OracleSettings, WindowKind
@@ -85,6 +87,10 @@ def test_the_phones_link_down_and_up_no_burst_and_registered_again_within_a_cycl
     again = registered(wire, LAB_SERVERS, "primary", link_back)
     assert again is not None, "no REGISTER answered 200 after the link came back"
     assert again - link_back <= INTERVAL_S + SETTINGS.down_s + SETTINGS.switch_late_s
+    # pjsua made its TCP and TLS listeners anew: they admit the servers only, as before
+    for port in (5060, 5061):
+        assert tcp_connects(lab.pbx1, (PHONE_IP, port)), port
+        assert not tcp_connects(lab.peer, (PHONE_IP, port), timeout_s=0.3), port
 
 
 def test_the_dns_going_silent_makes_named_servers_down_logged_once_then_back(

@@ -17,7 +17,9 @@ from __future__ import annotations
 import socket
 import struct
 import time
+from typing import NamedTuple
 
+from phoned import sockfilter
 from phoned.clock import Clock
 
 #: Linux's SO_TIMESTAMPNS (asm-generic and x86: 35); Python 3.11 has no constant for it.
@@ -26,7 +28,7 @@ SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 _SCM_TIMESTAMPNS = SO_TIMESTAMPNS
 #: struct timespec: two native longs (64-bit on x86_64 and arm64).
 _TIMESPEC = struct.Struct("@ll")
-_ANCILLARY_BYTES = socket.CMSG_SPACE(_TIMESPEC.size)
+_ANCILLARY_BYTES = socket.CMSG_SPACE(_TIMESPEC.size) + sockfilter.DROPS_SPACE
 #: Older than this, a stamp is taken for a wall-clock jump, not for a stall.
 MAX_AGE_S = 3600.0
 
@@ -40,10 +42,18 @@ def enable(sock: socket.socket) -> bool:
     return True
 
 
-def receive(
-    sock: socket.socket, bufsize: int, clock: Clock
-) -> tuple[bytes, tuple[str, int], float]:
-    """One datagram, its source and when it arrived (on `clock`'s monotonic scale).
+class Arrival(NamedTuple):
+    """One datagram as `receive` read it."""
+
+    data: bytes
+    source: tuple[str, int]
+    at: float  #: when it reached the phone, on the clock's monotonic scale
+    drops: int | None  #: the socket's kernel drops so far (`sockfilter.drops`)
+
+
+def receive(sock: socket.socket, bufsize: int, clock: Clock) -> Arrival:
+    """One datagram, its source, when it arrived (on `clock`'s monotonic scale) and the
+    socket's drop count, when the kernel gives it.
 
     Raises:
         BlockingIOError: nothing to read. OSError: as `recvmsg` does (ICMP errors).
@@ -51,7 +61,8 @@ def receive(
     data, ancillary, _flags, source = sock.recvmsg(bufsize, _ANCILLARY_BYTES)
     now = clock.now()
     wall = time.time()
-    return data, (source[0], source[1]), now - age_s(ancillary, wall)
+    arrived_at = now - age_s(ancillary, wall)
+    return Arrival(data, (source[0], source[1]), arrived_at, sockfilter.drops(ancillary))
 
 
 def age_s(ancillary: list[tuple[int, int, bytes]], wall_now: float) -> float:

@@ -5,9 +5,12 @@ the matching of replies to attempts. Must not touch: timing (when to send is the
 `SendProbe`; the monitor calls `send` at once), failover decisions, pjsua2.
 
 Rule 1: one socket per server, bound to the local address the route to it picks, *not*
-connected, with IP_RECVERR. An unconnected socket receives what any source sends it, so
-a spoofed or stray reply (wrong address or port) reaches the matching and is counted,
-where a connected socket's kernel would drop it unseen (SPEC §10). IP_RECVERR still
+connected, with IP_RECVERR. A kernel filter (`sockfilter`) admits only datagrams from the
+target's IPv4 address and port, so a flood from elsewhere never costs this process a
+read (SPEC §10 junk); what it keeps out, and anything dropped for lack of room, is
+counted in `unmatched` all the same, from the kernel's drop count that comes with the
+next datagram read (SO_RXQ_OVFL), where a connected socket's kernel would drop it
+uncounted. IPv6 targets get no filter: strays reach the matching. IP_RECVERR still
 reports ICMP port unreachable as a connected socket would (STACK-NOTES): the error fails
 the next `recv` (or the next `send`, and that datagram is *not* sent), within a fraction
 of a millisecond of the probe; its copy in the error queue is drained and dropped.
@@ -31,6 +34,7 @@ import socket
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
+from phoned import sockfilter
 from phoned.clock import Clock
 from phoned.core.events import Event, ProbeFailed, Server
 from phoned.errors import ProbeError
@@ -86,6 +90,7 @@ class _Link:
     cseq: Iterator[int]
     template: OptionsTemplate | None = None  #: built once a route to the target is known
     local_host: str = ""
+    drops: int = 0  #: the socket's kernel drops counted so far (rule 1)
 
 
 class UdpProber:
@@ -178,7 +183,7 @@ class UdpProber:
         events: list[Event] = []
         for _ in range(_MAX_DRAIN):
             try:
-                data, source, arrived_at = arrival.receive(sock, _MAX_DATAGRAM, self._clock)
+                datagram = arrival.receive(sock, _MAX_DATAGRAM, self._clock)
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -186,7 +191,11 @@ class UdpProber:
                     raise ProbeError(f"probe: cannot read {link.server.value}: {exc}") from exc
                 events.extend(self._failed_latest(link, network_reason(exc)))
                 continue
-            answer = link.book.match(parse_response(data), source, arrived_at)
+            if datagram.drops is not None and datagram.drops > link.drops:
+                self._unmatched += datagram.drops - link.drops  # filtered out (rule 1)
+                link.drops = datagram.drops
+            data, source = datagram.data, datagram.source
+            answer = link.book.match(parse_response(data), source, datagram.at)
             if answer is None:
                 self._unmatched += 1
                 log.debug("probe: %d bytes from %s unmatched -> ignored", len(data), source)
@@ -298,6 +307,7 @@ class UdpProber:
         link.template = self._template(link.target.host, link.target.port, local_host, local_port)
         link.local_host = local_host
         link.book.peer = (peer_host, peer_port)
+        _admit_only(link.sock, peer_host, peer_port)
         return link.template
 
     # -- attempts -----------------------------------------------------------------
@@ -359,7 +369,19 @@ def _new_socket(family: socket.AddressFamily) -> socket.socket:
         sock.close()
         raise
     arrival.enable(sock)  # replies count by their arrival (SPEC §10)
+    sockfilter.count_drops(sock)  # what the filter keeps out is counted (rule 1)
     return sock
+
+
+def _admit_only(sock: socket.socket, host: str, port: int) -> None:
+    """Rule 1: the kernel hands `sock` datagrams from IPv4 `host`:`port` only."""
+    if sock.family != socket.AF_INET:
+        return
+    try:
+        sockfilter.attach(sock, sockfilter.udp_peer_filter(host, port))
+    except (OSError, ValueError) as exc:  # the phone works on, strays reach the matching
+        log.warning("probe: no kernel filter for %s:%d (%s) -> strays read and dropped here",
+                    host, port, exc)  # fmt: skip
 
 
 def _drain_error_queue(sock: socket.socket) -> None:

@@ -16,6 +16,12 @@ values, so retransmissions stay at +0.5, +1.5, +3.5 s...
 Rule 3 (SPEC §10): when the phone's link comes back or changes address, the stack calls
 `handle_ip_change`; STACK-NOTES had it "from the API reference, not yet tried": measured
 since with a link down and up in the lab (tests/integration/test_sip_link.py).
+Rule 4 (SPEC §10, half-open TCP): the TCP and TLS listeners admit connections only from
+the servers and proxies (`admit_connections_from`, a kernel socket filter, `listeners`
+says why); until the stack names them, from nobody. Listeners pjsua creates anew (after
+a link change) get the filter at the next check (`keep_listeners_filtered`, every
+`CHECK_EVERY_S` from the stack's poll). A listener that cannot be filtered is logged and
+left open: the phone keeps working.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import contextlib
 import ctypes
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -32,6 +39,8 @@ import pjsua2._pjsua2 as pj_native
 
 from phoned.errors import SipError
 from phoned.sip.account import quiet_pjlib
+from phoned.sip.listeners import CHECK_EVERY_S, ipv4_sources, listening_fds
+from phoned.sockfilter import MAX_SOURCES, attach, ipv4_sources_filter
 
 log = logging.getLogger("phoned.sip")
 pjsip_log = logging.getLogger("phoned.pjsip")
@@ -128,6 +137,9 @@ class SipEndpoint:
         self._writer: _LogWriter | None = None
         self._transports: dict[str, int] = {}
         self._missing: dict[str, str] = {}
+        self._admitted: tuple[str, ...] = ()  #: Rule 4: IPv4 sources the listeners admit
+        self._filtered: set[str] = set()  #: socket inodes of the listeners filtered so far
+        self._next_filter_check = 0.0
 
     @property
     def started(self) -> bool:
@@ -160,6 +172,7 @@ class SipEndpoint:
         self._ep.libInit(cfg)
         self._ep.audDevManager().setNullDev()
         self._create_transports()
+        self._filter_listeners()
         self._ep.libStart()
         if self._register_timeout_s is not None:
             set_transaction_timeout(self._register_timeout_s)
@@ -198,6 +211,37 @@ class SipEndpoint:
         """Run pjsip's timers and sockets once, up to `timeout_ms`."""
         self._ep.libHandleEvents(max(0, timeout_ms))
 
+    def admit_connections_from(self, hosts: Iterable[str]) -> None:
+        """Rule 4: let only `hosts` (IPv4 literals; names are skipped) open connections to
+        the TCP and TLS listeners. Replaces the previous set."""
+        sources = ipv4_sources(hosts)
+        if sources != self._admitted:
+            self._admitted = sources
+            self._filtered.clear()
+            self._filter_listeners()
+            who = ", ".join(sources) or "nobody yet"
+            log.info("sip: tcp and tls listeners admit connections from %s only", who)
+
+    def keep_listeners_filtered(self, now: float) -> None:
+        """Rule 4: filter listeners pjsua created since the last look (monotonic `now`;
+        looks at most every `CHECK_EVERY_S`)."""
+        if now >= self._next_filter_check:
+            self._next_filter_check = now + CHECK_EVERY_S
+            self._filter_listeners()
+
+    def _filter_listeners(self) -> None:
+        ports = {"tcp": self.local_port, "tls": self.local_port + 1}
+        program = ipv4_sources_filter(self._admitted[:MAX_SOURCES])
+        for name in sorted(self._transports.keys() & ports.keys()):
+            try:
+                for inode, fd in listening_fds(ports[name]).items():
+                    if inode not in self._filtered:
+                        attach(fd, program)
+                        self._filtered.add(inode)
+            except (OSError, ValueError) as exc:
+                log.warning("sip: %s listener on port %d cannot be filtered: %s -> open to "
+                            "all", name, ports[name], exc)  # fmt: skip
+
     def handle_ip_change(self) -> None:
         """pjsua's IP change handling (Rule 3): TCP/TLS connections shut down, listeners
         bound afresh, then every account that has a registrar sends a REGISTER and its
@@ -210,6 +254,7 @@ class SipEndpoint:
         param.shutdownTransport = True  # connections bound to the old path would hang
         param.restartListener = True  # the UDP socket and the Contact take the new address
         self._ep.handleIpChange(param)
+        self._next_filter_check = 0.0  # Rule 4: the listeners may be new sockets
 
     def tls_rejection_since(self, since: float) -> TlsRejection | None:
         """The last rejected certificate, when it happened at or after `since`."""
@@ -223,6 +268,8 @@ class SipEndpoint:
             self._ep = None
         self._transports.clear()
         self._missing.clear()
+        self._admitted = ()
+        self._filtered.clear()
         self._writer = None
         set_transaction_timeout(TD_MS / 1000)  # the next library starts from pjsip's default
 

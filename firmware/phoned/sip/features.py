@@ -32,6 +32,7 @@ from phoned.sip.account import (
 from phoned.sip.calls import CallBook, CallChanged, CallInfo
 from phoned.sip.checksync import CheckSyncInbox, CheckSyncReceived
 from phoned.sip.dialog_info import BlfState
+from phoned.sip.endpoint import SipEndpoint
 from phoned.sip.pjsip_hooks import IncomingRequest, IncomingRequestHook
 from phoned.sip.subscriptions import BlfSubscriptions
 
@@ -57,6 +58,7 @@ class PhoneFeatures:
     _release_when_registered: Server | None
     _events: list[SipEvent]
     _peers_given: dict[Server, tuple[str, ...]]
+    _library: SipEndpoint
 
     def _check_thread(self) -> None:
         raise NotImplementedError
@@ -159,6 +161,7 @@ class PhoneFeatures:
                 merged[server].append(target.proxy[0])
         self._calls.accept_from(merged)
         self._checksync.allow_from(host for hosts in merged.values() for host in hosts)
+        self._library.admit_connections_from(host for hosts in merged.values() for host in hosts)
 
     # -- BLF subscriptions on the server in use (SPEC §2 step 2, §7 keys) ---------------
     def _start_requests(self) -> None:

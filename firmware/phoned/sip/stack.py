@@ -266,6 +266,7 @@ class PjsuaStack(ServerMoves):
         """
         self._check_thread()
         self._library.handle_events(timeout_ms)
+        self._library.keep_listeners_filtered(time.monotonic())
         self._settle()
 
     def registration(self, server: Server) -> RegState:
