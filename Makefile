@@ -22,7 +22,7 @@ test: test-host arm64
 
 test-host: deps
 	$(BIN)/pre-commit run --all-files --show-diff-on-failure
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider --durations=15
 
 demo: deps
 	$(BIN)/phoned demo

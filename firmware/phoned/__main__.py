@@ -96,10 +96,12 @@ def _demo(interval_s: int) -> int:
 
 
 def _run(config_path: str, level: str) -> int:
-    from phoned.logfmt import setup_logging  # noqa: PLC0415 - keep `status` light
+    from phoned.crash import prepare_for_crashes  # noqa: PLC0415 - keep `status` light
+    from phoned.logfmt import setup_logging  # noqa: PLC0415
     from phoned.service.configsource import FETCH_TIMEOUT_S, ConfigSource  # noqa: PLC0415
     from phoned.service.journal import install_repeat_limit  # noqa: PLC0415
 
+    prepare_for_crashes()  # SPEC §10: no core file, no secret in what a crash prints
     setup_logging(getattr(logging, level.upper()))
     install_repeat_limit()  # SPEC §10: junk at a port must not flood the log
     source = ConfigSource(config_path)

@@ -1,10 +1,14 @@
 """SPEC §10: the SIP password, the provisioning password and the VPN private key never
 appear anywhere the phone writes: its log at debug level, `status`, the display's frames
 and everything else in its state directory, through a registration with digest auth, a
-provisioning fetch with basic auth, a resync and a failover through the tunnels."""
+provisioning fetch with basic auth, a resync and a failover through the tunnels; nor in
+its crash output when it then aborts (SIGABRT, as pjsip's own assertions do), which
+leaves no core file either."""
 
 from __future__ import annotations
 
+import re
+import signal
 from pathlib import Path
 
 from conftest import MakePbx, MakeProv, StartPhone
@@ -13,7 +17,7 @@ from test_service import SWITCH_TIMEOUT_S, registered
 
 from phonelab.faults import Faults
 from phonelab.netns import Lab
-from phonelab.phone import render_toml
+from phonelab.phone import RunningPhone, render_toml
 from phonelab.wireguard import VpnLab
 
 SIP_PASSWORD = "sip-Secret-7f3a9c"  # noqa: S105 - a lab secret to look for
@@ -55,5 +59,23 @@ def test_no_secret_in_the_log_status_frames_or_state_directory(
     registered(phone, "backup", timeout_s=3)
 
     private_key = vpn_lab.phone_key_file.read_text().strip()
-    assert_no_secret(phone, (SIP_PASSWORD, PROV_PASSWORD, private_key))
+    secrets = (SIP_PASSWORD, PROV_PASSWORD, private_key)
+    assert_no_secret(phone, secrets)
     assert list((phone.workdir / "frames").glob("frame-*.png"))  # the frames were looked at
+    assert_a_crash_prints_no_secret(phone, secrets)
+
+
+def assert_a_crash_prints_no_secret(phone: RunningPhone, secrets: tuple[str, ...]) -> None:
+    """Abort the phone; its crash output (stderr, in its log) names no secret and no
+    core file is left (the limit is 0: `phoned.crash`)."""
+    limits = Path(f"/proc/{phone.proc.pid}/limits").read_text()
+    assert re.search(r"^Max core file size\s+0\s+0\s", limits, re.MULTILINE), limits
+    before = len(phone.lines())
+    phone.proc.send_signal(signal.SIGABRT)
+    assert phone.proc.wait(5) == -signal.SIGABRT
+    crash = "\n".join(phone.lines()[before:])
+    assert "Fatal Python error: Aborted" in crash  # the stacks were printed
+    assert "Current thread" in crash or "Thread 0x" in crash
+    for secret in secrets:
+        assert secret not in crash
+    assert [*Path.cwd().glob("core*"), *phone.workdir.glob("core*")] == []
