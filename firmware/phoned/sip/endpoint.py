@@ -1,7 +1,8 @@
 """pjsua2's library: created with its transports and timers, polled, destroyed.
 
 Owns: the one `pj.Endpoint` of the process (`libCreate` .. `libDestroy`), its UDP, TCP and
-TLS transports (TLS verifying the server against `tls_ca_file`), pjsip's transaction
+TLS transports (TLS verifying the server against `tls_ca_file`; who may connect to the
+TCP and TLS listeners, Rule 4), pjsip's transaction
 timers (`register_timeout_s`, set through ctypes), the routing of pjsip's log to the
 "phoned.pjsip" logger, and what the TLS layer said about the last rejected certificate.
 Must not touch: accounts, calls, or which server is in use (`stack` owns those); any
@@ -139,6 +140,7 @@ class SipEndpoint:
         self._missing: dict[str, str] = {}
         self._admitted: tuple[str, ...] = ()  #: Rule 4: IPv4 sources the listeners admit
         self._filtered: set[str] = set()  #: socket inodes of the listeners filtered so far
+        self._unfilterable: set[str] = set()  #: listeners whose filter failed (logged once)
         self._next_filter_check = 0.0
 
     @property
@@ -236,11 +238,13 @@ class SipEndpoint:
             try:
                 for inode, fd in listening_fds(ports[name]).items():
                     if inode not in self._filtered:
+                        self._filtered.add(inode)  # tried once: a refusal is logged once
                         attach(fd, program)
-                        self._filtered.add(inode)
             except (OSError, ValueError) as exc:
-                log.warning("sip: %s listener on port %d cannot be filtered: %s -> open to "
-                            "all", name, ports[name], exc)  # fmt: skip
+                if name not in self._unfilterable:
+                    self._unfilterable.add(name)
+                    log.warning("sip: %s listener on port %d cannot be filtered: %s -> open "
+                                "to all", name, ports[name], exc)  # fmt: skip
 
     def handle_ip_change(self) -> None:
         """pjsua's IP change handling (Rule 3): TCP/TLS connections shut down, listeners
@@ -270,6 +274,7 @@ class SipEndpoint:
         self._missing.clear()
         self._admitted = ()
         self._filtered.clear()
+        self._unfilterable.clear()
         self._writer = None
         set_transaction_timeout(TD_MS / 1000)  # the next library starts from pjsip's default
 
