@@ -42,7 +42,7 @@ integration: deps
 image: $(IMAGE)
 
 $(IMAGE): $(IMAGE_INPUTS)
-	scripts/build-image
+	scripts/build-image $(if $(IMAGE_WORK),--work $(IMAGE_WORK))
 
 arm64: $(IMAGE)
 	scripts/test-arm64
