@@ -9,7 +9,7 @@ each datagram on its own: what goes to a server's 5060 and what comes from it (r
 and its own requests) are each lost with the given chance, so a round trip survives with
 (1 - loss)^2. Nothing lost reaches the phone's interface: the capture holds exactly what
 arrived, and no sender sees an error.
-Flapping runs `PHONED_FAULTS_FLAP_S` seconds (default 28, the CI run; 120 for the issue's
+Flapping runs `PHONED_FAULTS_FLAP_S` seconds (default 21, the CI run; 120 for the issue's
 two minutes).
 """
 
@@ -32,7 +32,7 @@ from phonelab.phone import RunningPhone
 INTERVAL_S = 2
 SETTINGS = OracleSettings(interval_s=INTERVAL_S)
 LOSS_CYCLES = 8
-FLAP_S = float(os.environ.get("PHONED_FAULTS_FLAP_S", "28"))
+FLAP_S = float(os.environ.get("PHONED_FAULTS_FLAP_S", "21"))
 FLAP_EVERY_S = 7.0
 
 
