@@ -143,6 +143,12 @@ class RunningPhone:
             message = f"no event={name} {fields} in {timeout_s} s:\n{self.tail()}"
             raise LabError(message) from None
 
+    def wait_more_cycles(self, count: int, interval_s: float) -> None:
+        """Wait until `count` more cycles are judged for the primary (`event=cycle`): at
+        most one interval each, one more for the cycle in flight, and 3 s."""
+        done = len(self.events("cycle", server="primary"))
+        self.wait_count("cycle", done + count, (count + 1) * interval_s + 3, server="primary")
+
     def wait_count(self, name: str, count: int, timeout_s: float, **fields: str) -> None:
         """Wait until at least `count` log records `event=name` with these fields exist."""
         try:

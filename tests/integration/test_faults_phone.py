@@ -43,16 +43,10 @@ SETTINGS = OracleSettings(interval_s=INTERVAL_S)
 LOOKUP_TAIL_S = 2.0
 
 
-def wait_cycles(phone: RunningPhone, count: int) -> None:
-    """Wait until `count` more cycles are judged (`event=cycle` for the primary)."""
-    done = len(phone.events("cycle", server="primary"))
-    phone.wait_count("cycle", done + count, (count + 1) * INTERVAL_S + 3, server="primary")
-
-
 def started_on_primary(start_phone: StartPhone, **overrides: object) -> RunningPhone:
     phone = start_phone(interval=INTERVAL_S, **overrides)
     phone.wait_event("registration", 10, server="primary", state="registered")
-    wait_cycles(phone, 1)
+    phone.wait_more_cycles(1, INTERVAL_S)
     return phone
 
 
@@ -70,7 +64,7 @@ def test_the_phones_link_down_and_up_no_burst_and_registered_again_within_a_cycl
 ) -> None:
     phone = started_on_primary(start_phone)
     windows = Windows()
-    wait_cycles(phone, 1)  # just judged: the next cycle is almost an interval away
+    phone.wait_more_cycles(1, INTERVAL_S)  # just judged: the next cycle is almost an interval away
     try:
         with windows.during(WindowKind.STALL):
             lab.run(lab.phone, ["ip", "link", "set", "dev", "eth0", "down"])
@@ -78,7 +72,7 @@ def test_the_phones_link_down_and_up_no_burst_and_registered_again_within_a_cycl
     finally:
         lab.run(lab.phone, ["ip", "link", "set", "dev", "eth0", "up"])
     link_back = time.time()
-    wait_cycles(phone, 3)
+    phone.wait_more_cycles(3, INTERVAL_S)
     report = judge_phone(capture_phone, phone, SETTINGS, windows=windows.items)
 
     no_crash(phone)
@@ -109,10 +103,10 @@ def test_the_dns_going_silent_makes_named_servers_down_logged_once_then_back(
     with windows.during(WindowKind.NO_NAME, after_s=LOOKUP_TAIL_S):
         faults.blackhole(lab.dns, 53)
         phone.wait_event("service", 3 * INTERVAL_S + 3, service="no_service")
-        wait_cycles(phone, 1)
+        phone.wait_more_cycles(1, INTERVAL_S)
         faults.unblackhole(lab.dns)
     phone.wait_count("service", 2, 3 * INTERVAL_S + 3, service="ok")
-    wait_cycles(phone, 1)
+    phone.wait_more_cycles(1, INTERVAL_S)
     report = judge_phone(capture_phone, phone, SETTINGS, windows=windows.items)
 
     no_crash(phone)
@@ -154,7 +148,7 @@ def test_a_stopped_phone_resumes_on_the_grid_without_replaying_its_cycle(
                 time.sleep(stopped_intervals * INTERVAL_S)  # the fault's length
             finally:
                 phone.proc.send_signal(signal.SIGCONT)
-        wait_cycles(phone, 3)
+        phone.wait_more_cycles(3, INTERVAL_S)
         report = judge_phone(capture_phone, phone, SETTINGS, windows=windows.items)
 
     no_crash(phone)

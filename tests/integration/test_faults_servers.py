@@ -31,9 +31,7 @@ class Cycles:
 
     def wait(self, count: int) -> None:
         """Wait until `count` more cycles are judged."""
-        done = len(self.phone.events("cycle", server="primary"))
-        timeout_s = (count + 1) * INTERVAL_S + 3
-        self.phone.wait_count("cycle", done + count, timeout_s, server="primary")
+        self.phone.wait_more_cycles(count, INTERVAL_S)
 
 
 def on_primary(start_phone: StartPhone, failback_cycles: int = 1) -> tuple[RunningPhone, Cycles]:
